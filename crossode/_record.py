@@ -1,0 +1,155 @@
+"""Result types: solver statistics, backend outputs, failure statuses and the flat result :class:`Record`.
+
+The record schema is stable: sweeps append one JSON object per record (one line of a JSONL file) and reports
+read them back with :func:`Record.from_dict`, ignoring unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from ._errors import CrossODEError
+
+__all__ = ["STATUSES", "SolverFailure", "Stats", "SolveOutput", "GradientOutput", "Record"]
+
+STATUSES: dict[str, str] = {
+    "ok": "finished; every number in the record is valid",
+    "max_steps": "the solver used max_steps steps before reaching t1",
+    "step_size_too_small": "the step size collapsed (adaptive controller could not meet the tolerance)",
+    "diverged": "a state, loss or gradient became non-finite",
+    "reconstruction_error": "MALI's backward reconstruction drifted from the forward trajectory beyond tolerance",
+    "solver_error": "the backend's solver reported another failure (message has its return code)",
+    "unsupported": "the backend does not support this (problem, solver, sensitivity, device) combination",
+    "unavailable": "the backend cannot be loaded on this machine (message says why)",
+    "crashed": "an unexpected exception, or the worker process died (message has the tail of its error output)",
+    "timeout": "the cell ran longer than its time limit",
+}
+"""Every status a record can carry, with its meaning. Only ``ok`` records carry numbers."""
+
+
+class SolverFailure(CrossODEError):
+    """Raised inside a backend when a solve fails; ``status`` is one of :data:`STATUSES`."""
+
+    def __init__(self, status: str, message: str):
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclasses.dataclass
+class Stats:
+    """Work counters of one forward solve or one gradient computation.
+
+    ``nfe_forward``/``nfe_backward``: vector-field evaluations in the forward and backward passes (a VJP or JVP
+    of the vector field counts as one evaluation); ``steps_accepted``/``steps_rejected``: forward steps.
+    ``None`` means the backend cannot count it.
+    """
+
+    nfe_forward: int | None = None
+    nfe_backward: int | None = None
+    steps_accepted: int | None = None
+    steps_rejected: int | None = None
+
+
+@dataclasses.dataclass
+class SolveOutput:
+    """Forward-only result: saved states ``ys`` of shape ``(len(saveat), n_states)`` as float64 NumPy."""
+
+    ys: np.ndarray
+    stats: Stats
+
+
+@dataclasses.dataclass
+class GradientOutput:
+    """Loss and its gradient w.r.t. the flat parameters and ``y0`` (float64 NumPy, neutral layouts).
+
+    ``dt0``/``dt1`` are the gradients w.r.t. the start and end times where the backend provides them.
+    """
+
+    loss: float
+    dparams: np.ndarray
+    dy0: np.ndarray
+    stats: Stats
+    dt0: float | None = None
+    dt1: float | None = None
+
+
+def _clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else x
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return x
+
+
+@dataclasses.dataclass
+class Record:
+    """One measurement: a (problem, backend, solver, sensitivity, step control, device) cell.
+
+    Errors are relative L2 errors against the independent reference (:mod:`crossode.reference`):
+    ``grad_error`` over the concatenation ``[dparams, dy0]``, ``dparams_error`` and ``dy0_error`` separately;
+    ``loss_error`` for the loss. Times are medians over repeats after a warm-up call; ``compile_s`` is the extra
+    time of the first call (tracing, compilation, JIT warm-up). ``memory_kind`` says what
+    ``peak_memory_bytes`` measured (e.g. ``cpu_rss``: peak resident set above the pre-call baseline;
+    ``cuda_allocator``: ``torch.cuda.max_memory_allocated``; ``xla_temp``: compiled program temp size).
+    """
+
+    problem: str
+    backend: str
+    solver: str
+    sensitivity: str
+    rtol: float | None = None
+    atol: float | None = None
+    dt: float | None = None
+    device: str = "cpu"
+    dtype: str = "float64"
+    status: str = "ok"
+    message: str = ""
+    loss: float | None = None
+    loss_error: float | None = None
+    grad_error: float | None = None
+    dparams_error: float | None = None
+    dy0_error: float | None = None
+    dt0_error: float | None = None
+    dt1_error: float | None = None
+    reference: str | None = None
+    nfe_forward: int | None = None
+    nfe_backward: int | None = None
+    steps_accepted: int | None = None
+    steps_rejected: int | None = None
+    time_forward_s: float | None = None
+    time_gradient_s: float | None = None
+    compile_s: float | None = None
+    repeats: int | None = None
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+    threads: int | None = None
+    solver_options: dict = dataclasses.field(default_factory=dict)
+    sensitivity_options: dict = dataclasses.field(default_factory=dict)
+    versions: dict = dataclasses.field(default_factory=dict)
+    tags: dict = dataclasses.field(default_factory=dict)
+    dparams: list | None = None
+    dy0: list | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the cell finished and its numbers are valid."""
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (non-finite floats become ``None``)."""
+        return {k: _clean(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """Rebuild a record from :meth:`to_dict` output; unknown keys are ignored (forward compatibility)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

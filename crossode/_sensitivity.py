@@ -1,0 +1,212 @@
+"""Backend-neutral sensitivity (gradient-method) descriptors.
+
+Two families (Onken & Ruthotto's vocabulary):
+
+- *discretise-then-optimise* (DTO): the exact gradient of the discrete solver's output
+  (:class:`Direct`, :class:`Checkpointed`, :class:`MALI`, :class:`Forward`);
+- *optimise-then-discretise* (OTD): solve the continuous adjoint ODE backwards (:class:`Backsolve`, and the
+  Julia-only :class:`InterpolatingAdjoint`, :class:`QuadratureAdjoint`, :class:`GaussAdjoint`).
+
+=====================  =======================================  ===============================  ===============================================
+descriptor             PyTorch (crossode)                       JAX (diffrax)                    Julia (SciMLSensitivity)
+=====================  =======================================  ===============================  ===============================================
+Direct                 autograd through every step              RecursiveCheckpointAdjoint,      ReverseDiffAdjoint
+                                                                checkpoints >= max_steps
+Checkpointed           store accepted steps, recompute each     RecursiveCheckpointAdjoint       InterpolatingAdjoint(checkpointing=true)
+                       step with a graph in reverse (ACA)       (bounded checkpoints)
+Backsolve              augmented adjoint ODE backwards          BacksolveAdjoint                 BacksolveAdjoint
+MALI                   ALF inverse steps, O(1) memory           own custom_vjp (ALF)             unsupported
+Forward                forward-mode (torch.func.jvp)            ForwardMode                      ForwardDiffSensitivity
+InterpolatingAdjoint   unsupported                              unsupported                      InterpolatingAdjoint
+QuadratureAdjoint      unsupported                              unsupported                      QuadratureAdjoint
+GaussAdjoint           unsupported                              unsupported                      GaussAdjoint
+=====================  =======================================  ===============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+from ._errors import InvalidInputError, UnsupportedError, fmt_choices
+from ._solvers import AbstractReversibleSolver, AbstractSolver
+
+__all__ = [
+    "AbstractSensitivity",
+    "AbstractContinuousAdjoint",
+    "Direct",
+    "Checkpointed",
+    "Backsolve",
+    "MALI",
+    "Forward",
+    "InterpolatingAdjoint",
+    "QuadratureAdjoint",
+    "GaussAdjoint",
+    "SENSITIVITIES",
+    "VJP_CHOICES",
+    "sensitivity_from_name",
+    "check_pair",
+]
+
+VJP_CHOICES = ("auto", "zygote", "reversediff", "enzyme")
+"""Vector-Jacobian product engines of continuous adjoints (used by the Julia backend; others accept 'auto')."""
+
+
+class AbstractSensitivity(abc.ABC):
+    """Base of gradient-method descriptors: ``name`` (CLI/record name) and ``family`` ('dto' or 'otd')."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+
+class AbstractContinuousAdjoint(AbstractSensitivity):
+    """Optimise-then-discretise: the continuous adjoint ODE solved backwards in time."""
+
+    family: ClassVar[str] = "otd"
+
+
+def _check_vjp(self) -> None:
+    if self.vjp not in VJP_CHOICES:
+        raise InvalidInputError(f"`vjp` must be one of {fmt_choices(VJP_CHOICES)}; got vjp={self.vjp!r}.")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Direct(AbstractSensitivity):
+    """Backpropagation through the solver's arithmetic, storing every step (memory grows with steps)."""
+
+    name: ClassVar[str] = "direct"
+    family: ClassVar[str] = "dto"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Checkpointed(AbstractSensitivity):
+    """Discrete gradient that stores accepted states (or ``checkpoints`` of them) and recomputes steps backwards.
+
+    ``checkpoints=None``: every accepted step (ACA in PyTorch; enough checkpoints for every step in Diffrax);
+    an integer bounds the stored states (Diffrax binomial checkpointing). Julia maps this to
+    ``InterpolatingAdjoint(checkpointing=true)``, a continuous adjoint with checkpoints at the saved times.
+    """
+
+    name: ClassVar[str] = "checkpointed"
+    family: ClassVar[str] = "dto"
+    checkpoints: int | None = None
+    vjp: str = "auto"
+
+    def __post_init__(self):
+        c = self.checkpoints
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise InvalidInputError(f"`checkpoints` must be None or a positive integer; got checkpoints={c!r}.")
+        _check_vjp(self)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Backsolve(AbstractContinuousAdjoint):
+    """Continuous adjoint (Chen et al. 2018): re-integrate ``y`` backwards with the adjoint and parameter integral.
+
+    Least memory; inaccurate or unstable when the backward reconstruction of ``y`` is (stiff, chaotic, long).
+    """
+
+    name: ClassVar[str] = "backsolve"
+    vjp: str = "auto"
+
+    def __post_init__(self):
+        _check_vjp(self)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class MALI(AbstractSensitivity):
+    """Memory-efficient ALF integrator gradient: exact reversal of :class:`~crossode.ALF` steps.
+
+    Stores only the end state and the accepted step sizes; reconstructs each step with the inverse ALF step.
+    ``reconstruction_rtol`` bounds the allowed drift between the reconstructed initial state and the true one:
+    beyond it the result's status is ``reconstruction_error`` instead of a silently wrong gradient.
+    Requires a reversible solver (``ALF``).
+    """
+
+    name: ClassVar[str] = "mali"
+    family: ClassVar[str] = "dto"
+    reconstruction_rtol: float = 1e-6
+
+    def __post_init__(self):
+        r = self.reconstruction_rtol
+        if not isinstance(r, (int, float)) or not r > 0:
+            raise InvalidInputError(f"`reconstruction_rtol` must be a positive number; got {r!r}.")
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Forward(AbstractSensitivity):
+    """Forward-mode sensitivities through the solver (one tangent per input; cheap for few parameters)."""
+
+    name: ClassVar[str] = "forward"
+    family: ClassVar[str] = "dto"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class InterpolatingAdjoint(AbstractContinuousAdjoint):
+    """Julia only: continuous adjoint using the forward dense interpolant (SciMLSensitivity)."""
+
+    name: ClassVar[str] = "interpolating"
+    checkpointing: bool = False
+    vjp: str = "auto"
+
+    def __post_init__(self):
+        _check_vjp(self)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class QuadratureAdjoint(AbstractContinuousAdjoint):
+    """Julia only: continuous adjoint with the parameter integral computed by quadrature (SciMLSensitivity)."""
+
+    name: ClassVar[str] = "quadrature"
+    vjp: str = "auto"
+
+    def __post_init__(self):
+        _check_vjp(self)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class GaussAdjoint(AbstractContinuousAdjoint):
+    """Julia only: continuous adjoint with Gauss quadrature accumulated during the reverse solve."""
+
+    name: ClassVar[str] = "gauss"
+    vjp: str = "auto"
+
+    def __post_init__(self):
+        _check_vjp(self)
+
+
+SENSITIVITIES: dict[str, type[AbstractSensitivity]] = {
+    cls.name: cls
+    for cls in (Direct, Checkpointed, Backsolve, MALI, Forward, InterpolatingAdjoint, QuadratureAdjoint, GaussAdjoint)
+}
+
+
+def sensitivity_from_name(name: str, **options) -> AbstractSensitivity:
+    """Build a sensitivity descriptor from its name (case-insensitive), e.g. ``sensitivity_from_name("mali")``."""
+    cls = SENSITIVITIES.get(str(name).lower())
+    if cls is None:
+        raise InvalidInputError(f"Unknown sensitivity {name!r}; expected one of {fmt_choices(SENSITIVITIES)}.")
+    try:
+        return cls(**options)
+    except TypeError:
+        allowed = [f.name for f in dataclasses.fields(cls)] or ["(none)"]
+        raise InvalidInputError(
+            f"Sensitivity {name!r} got options {sorted(options)}; allowed options: {', '.join(allowed)}."
+        ) from None
+
+
+def check_pair(solver: AbstractSolver, sensitivity: AbstractSensitivity) -> None:
+    """Raise :class:`UnsupportedError` for solver/sensitivity pairs that make no sense in any backend."""
+    if not isinstance(solver, AbstractSolver):
+        raise InvalidInputError(f"`solver` must be a solver descriptor such as Tsit5(); got {solver!r}.")
+    if not isinstance(sensitivity, AbstractSensitivity):
+        raise InvalidInputError(f"`sensitivity` must be a sensitivity descriptor such as Direct(); got {sensitivity!r}.")
+    if isinstance(sensitivity, MALI) and not isinstance(solver, AbstractReversibleSolver):
+        raise UnsupportedError(
+            f"`sensitivity=MALI()` requires a reversible solver such as `ALF()`; got `solver={solver!r}`."
+        )
