@@ -1,0 +1,243 @@
+"""The neutral harness: run one cell on one backend, time it fairly, measure memory, compare to the reference.
+
+- :func:`solve` / :func:`gradient`: NumPy in, NumPy out, raising on failure (for library users and tests).
+- :func:`measure`: never raises for a solver or backend failure; returns a :class:`~crossode.Record` whose
+  ``status`` says what happened. Timing protocol: the first gradient call is timed separately (it includes
+  tracing/compilation/first-call work); then ``repeats`` gradient calls and ``repeats`` forward solves are timed
+  with device synchronisation and the medians reported; ``compile_s = first - median`` unless the backend
+  reports its own compile time. Memory is measured on the first call: the backend's device allocator peak where it
+  has one, otherwise the process's peak resident set above the pre-call baseline (Linux procfs ``VmHWM`` after
+  resetting it through ``clear_refs``) — meaningful when the cell runs in a fresh process (the sweep engine does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from ._errors import BackendUnavailableError, CrossODEError, InvalidInputError, UnsupportedError
+from ._problem import Problem
+from ._record import GradientOutput, Record, SolveOutput, SolverFailure
+from ._reference import reference, relative_error
+from ._registry import get_backend
+from ._sensitivity import AbstractSensitivity, Direct, check_pair
+from ._solvers import AbstractSolver, AbstractStepControl, Adaptive, Dopri5, Fixed
+
+__all__ = ["solve", "gradient", "measure", "peak_rss_delta"]
+
+DTYPES = ("float64", "float32")
+
+
+def _check_common(problem, solver, sensitivity, step, dtype):
+    if not isinstance(problem, Problem):
+        raise InvalidInputError(f"`problem` must be a crossode.Problem; got {type(problem).__name__}.")
+    if not isinstance(step, AbstractStepControl):
+        raise InvalidInputError(f"`step` must be Adaptive(...) or Fixed(dt=...); got {step!r}.")
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"`dtype` must be 'float64' or 'float32'; got {dtype!r}.")
+    check_pair(solver, sensitivity)
+    if isinstance(step, Adaptive) and not solver.adaptive:
+        raise UnsupportedError(
+            f"`solver={solver!r}` has no embedded error estimate, so it needs `step=Fixed(dt=...)`; got {step!r}."
+        )
+
+
+def _prepare(problem, backend, solver, sensitivity, step, device, dtype):
+    _check_common(problem, solver, sensitivity, step, dtype)
+    b = get_backend(backend) if isinstance(backend, str) else backend
+    reason = b.supports(problem, solver, sensitivity, step, device)
+    if reason is not None:
+        raise UnsupportedError(f"backend {b.name!r}: {reason}")
+    return b, b.prepare(problem, solver, sensitivity, step, device=device, dtype=dtype)
+
+
+def solve(problem: Problem, backend="torch", solver: AbstractSolver = Dopri5(), step: AbstractStepControl = Adaptive(),
+          *, device: str = "cpu", dtype: str = "float64") -> SolveOutput:
+    """Forward solve ``problem`` on ``backend``; returns saved states ``(len(saveat), n_states)`` and stats.
+
+    Raises :class:`SolverFailure` (with a status) when the solve fails, and :class:`UnsupportedError` /
+    :class:`BackendUnavailableError` when the combination cannot run.
+    """
+    return _prepare(problem, backend, solver, Direct(), step, device, dtype)[1].solve()
+
+
+def gradient(problem: Problem, backend="torch", solver: AbstractSolver = Dopri5(),
+             sensitivity: AbstractSensitivity = Direct(), step: AbstractStepControl = Adaptive(),
+             *, device: str = "cpu", dtype: str = "float64") -> GradientOutput:
+    """Loss and gradients (w.r.t. the flat parameters and ``y0``) of ``problem`` on ``backend``.
+
+    Raises like :func:`solve`; a non-finite result raises :class:`SolverFailure` with status ``diverged``.
+    """
+    out = _prepare(problem, backend, solver, sensitivity, step, device, dtype)[1].gradient()
+    _check_finite(out)
+    return out
+
+
+def _check_finite(out: GradientOutput) -> None:
+    if not (np.isfinite(out.loss) and np.all(np.isfinite(out.dparams)) and np.all(np.isfinite(out.dy0))):
+        raise SolverFailure("diverged", "the loss or gradient is not finite")
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_delta(fn):
+    """Run ``fn()`` and return ``(result, bytes)``: peak RSS during the call above the RSS before it (Linux).
+
+    Returns ``bytes=None`` where procfs or ``clear_refs`` is unavailable.
+    """
+    gc.collect()
+    base = _read_status_kb("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        ok = base is not None
+    except OSError:
+        ok = False
+    result = fn()
+    hwm = _read_status_kb("VmHWM") if ok else None
+    return result, (max(0, (hwm - base) * 1024) if hwm is not None else None)
+
+
+def _timed(fn, sync):
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - start
+
+
+def _versions(backend) -> dict:
+    import crossode
+
+    v = {"crossode": crossode.__version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        v.update(backend.versions())
+    except Exception:  # noqa: BLE001 - versions are informative only
+        pass
+    return v
+
+
+def _threads() -> int | None:
+    value = os.environ.get("OMP_NUM_THREADS")
+    return int(value) if value and value.isdigit() else None
+
+
+def measure(
+    problem: Problem,
+    backend: str = "torch",
+    solver: AbstractSolver = Dopri5(),
+    sensitivity: AbstractSensitivity = Direct(),
+    step: AbstractStepControl = Adaptive(),
+    *,
+    device: str = "cpu",
+    dtype: str = "float64",
+    repeats: int = 3,
+    save_gradients: bool = False,
+    with_reference: bool = True,
+    tags: dict | None = None,
+) -> Record:
+    """Run one cell and return its :class:`Record` (see the module docstring for the protocol).
+
+    Invalid arguments (wrong types, unknown names) raise :class:`InvalidInputError`; everything that can happen
+    while running (unavailable backend, unsupported combination, solver failure, unexpected exception) becomes the
+    record's ``status`` and ``message``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InvalidInputError(f"`repeats` must be a positive integer; got {repeats!r}.")
+    rec = Record(
+        problem=problem.name if isinstance(problem, Problem) else str(problem),
+        backend=backend if isinstance(backend, str) else getattr(backend, "name", str(backend)),
+        solver=getattr(solver, "name", str(solver)),
+        sensitivity=getattr(sensitivity, "name", str(sensitivity)),
+        rtol=step.rtol if isinstance(step, Adaptive) else None,
+        atol=step.atol if isinstance(step, Adaptive) else None,
+        dt=step.dt if isinstance(step, Fixed) else None,
+        device=device,
+        dtype=dtype,
+        threads=_threads(),
+        solver_options=dataclasses.asdict(solver) if dataclasses.is_dataclass(solver) else {},
+        sensitivity_options=dataclasses.asdict(sensitivity) if dataclasses.is_dataclass(sensitivity) else {},
+        tags=dict(tags or {}),
+    )
+    try:
+        b, prepared = _prepare(problem, backend, solver, sensitivity, step, device, dtype)
+    except BackendUnavailableError as e:
+        rec.status, rec.message = "unavailable", str(e)
+        return rec
+    except UnsupportedError as e:
+        rec.status, rec.message = "unsupported", str(e)
+        return rec
+    except InvalidInputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any backend failure becomes a status
+        rec.status, rec.message = "crashed", f"prepare failed: {type(e).__name__}: {e}"
+        return rec
+    rec.versions = _versions(b)
+    sync = prepared.synchronize
+    try:
+        prepared.reset_peak_memory()
+        (out, first_s), rss = peak_rss_delta(lambda: _timed(prepared.gradient, sync))
+        _check_finite(out)
+        device_peak = prepared.peak_memory()
+        if device_peak is not None:
+            rec.peak_memory_bytes, rec.memory_kind = int(device_peak[0]), device_peak[1]
+        elif rss is not None:
+            rec.peak_memory_bytes, rec.memory_kind = rss, "cpu_rss"
+        grad_times = [_timed(prepared.gradient, sync)[1] for _ in range(repeats)]
+        fwd_times = [_timed(prepared.solve, sync)[1] for _ in range(repeats)]
+    except SolverFailure as e:
+        rec.status, rec.message = e.status, e.message
+        return rec
+    except CrossODEError as e:
+        rec.status, rec.message = "crashed", f"{type(e).__name__}: {e}"
+        return rec
+    except Exception as e:  # noqa: BLE001
+        rec.status, rec.message = "crashed", f"{type(e).__name__}: {e}"
+        return rec
+    rec.loss = float(out.loss)
+    st = out.stats
+    rec.nfe_forward, rec.nfe_backward = st.nfe_forward, st.nfe_backward
+    rec.steps_accepted, rec.steps_rejected = st.steps_accepted, st.steps_rejected
+    rec.time_gradient_s = statistics.median(grad_times)
+    rec.time_forward_s = statistics.median(fwd_times)
+    own_compile = getattr(prepared, "compile_s", None)
+    rec.compile_s = own_compile if own_compile is not None else max(0.0, first_s - rec.time_gradient_s)
+    rec.repeats = repeats
+    if save_gradients:
+        rec.dparams, rec.dy0 = np.asarray(out.dparams).tolist(), np.asarray(out.dy0).tolist()
+    if with_reference:
+        _compare(rec, problem, out)
+    return rec
+
+
+def _compare(rec: Record, problem: Problem, out: GradientOutput) -> None:
+    """Fill the error fields of ``rec`` against the independent reference (or say why it is missing)."""
+    try:
+        ref = reference(problem)
+    except SolverFailure as e:
+        rec.reference = None
+        rec.message = (rec.message + "; " if rec.message else "") + f"no reference: {e.message}"
+        return
+    rec.reference = ref.method
+    rec.loss_error = abs(out.loss - ref.loss) / max(abs(ref.loss), 1e-300)
+    rec.grad_error = relative_error(np.concatenate([out.dparams, out.dy0]), ref.grad)
+    rec.dparams_error = relative_error(out.dparams, ref.dparams) if ref.dparams.size else 0.0
+    rec.dy0_error = relative_error(out.dy0, ref.dy0)
+    if out.dt0 is not None:
+        rec.dt0_error = relative_error([out.dt0], [ref.dt0])
+    if out.dt1 is not None:
+        rec.dt1_error = relative_error([out.dt1], [ref.dt1])

@@ -1,0 +1,371 @@
+"""Vector fields defined once: :class:`SymbolicRHS` (SymPy) and :class:`MLPRHS` (an MLP spec with NumPy weights).
+
+Both give exact NumPy evaluations of ``f``, ``df/dy`` and ``df/dp`` (used by the independent reference) and
+enough structure for each backend to build the same function natively.
+
+MLP flat parameter layout (the ``params`` vector of a neural problem): for each layer ``l = 1..L`` in order,
+the weight matrix ``W_l`` of shape ``(out_l, in_l)`` flattened row-major (C order), then the bias ``b_l`` of shape
+``(out_l,)``. Names are ``W{l}[i,j]`` and ``b{l}[i]`` with 1-based layer numbers and 0-based indices.
+The field is ``f(t, y) = W_L s(... s(W_1 y + b_1) ...) + b_L`` with the activation ``s`` on hidden layers only.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import sympy
+
+from ._errors import InvalidInputError, fmt_choices
+from ._expr import check_name, parse_expression
+
+__all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS"]
+
+
+class AbstractRHS(abc.ABC):
+    """A vector field ``f(t, y, p)`` with ``n_states`` states and ``n_params`` flat parameters."""
+
+    @property
+    @abc.abstractmethod
+    def n_states(self) -> int:
+        """Number of states."""
+
+    @property
+    @abc.abstractmethod
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the flat parameters, in layout order."""
+
+    @abc.abstractmethod
+    def f(self, t: float, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """``dy/dt`` as float64 NumPy, shape ``(n_states,)``."""
+
+    @abc.abstractmethod
+    def jac_y(self, t: float, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Exact ``df/dy``, shape ``(n_states, n_states)``."""
+
+    @abc.abstractmethod
+    def jac_p(self, t: float, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Exact ``df/dp``, shape ``(n_states, n_params)``."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for tables and ``crossode list``."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A string that changes whenever the function changes (for caching references)."""
+
+
+# ------------------------------------------------------------------------------------------------ symbolic
+
+
+class SymbolicRHS(AbstractRHS):
+    """A vector field given by SymPy expressions over named states, named parameters and ``t``.
+
+    **Arguments:**
+    - ``states``: state names (identifiers, unique).
+    - ``params``: parameter names (identifiers, unique, distinct from states); their order is the flat layout.
+    - ``rhs``: one expression per state, as SymPy expressions or strings. Strings are parsed without ``eval``
+      (see :mod:`crossode._expr`); e.g. ``["a*x - b*x*y", "-c*y + d*x*y"]``.
+    """
+
+    def __init__(self, states: Sequence[str], params: Sequence[str], rhs: Sequence[str | sympy.Expr]):
+        if isinstance(states, str) or not isinstance(states, Sequence) or len(states) == 0:
+            raise InvalidInputError(f"`states` must be a non-empty list of names; got {states!r}.")
+        if isinstance(params, str) or not isinstance(params, Sequence):
+            raise InvalidInputError(f"`params` must be a list of names; got {params!r}.")
+        states = tuple(check_name(s, "states") for s in states)
+        params = tuple(check_name(s, "params") for s in params)
+        for what, names in (("states", states), ("params", params)):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise InvalidInputError(f"`{what}` names must be unique; repeated: {', '.join(dup)}.")
+        clash = sorted(set(states) & set(params))
+        if clash:
+            raise InvalidInputError(f"names used both as state and parameter: {', '.join(clash)}.")
+        if isinstance(rhs, str) or not isinstance(rhs, Sequence) or len(rhs) != len(states):
+            raise InvalidInputError(
+                f"`rhs` must be a list with one expression per state ({len(states)}); got {rhs!r}."
+            )
+        # Internal symbol names (_t, _y0.., _p0..) can clash neither with user names (no leading underscore allowed)
+        # nor with any code-generation namespace, so lambdify needs no (slow) dummification.
+        self.t_symbol = sympy.Symbol("_t", real=True)
+        self.state_symbols = tuple(sympy.Symbol(f"_y{i}", real=True) for i in range(len(states)))
+        self.param_symbols = tuple(sympy.Symbol(f"_p{i}", real=True) for i in range(len(params)))
+        table = {"t": self.t_symbol, **dict(zip(states, self.state_symbols)), **dict(zip(params, self.param_symbols))}
+        self._display = {v: sympy.Symbol(k, real=True) for k, v in table.items()}
+        exprs = []
+        for i, e in enumerate(rhs):
+            where = f"rhs[{i}] (d{states[i]}/dt)"
+            if isinstance(e, sympy.Basic):
+                unknown = sorted(str(s) for s in e.free_symbols if str(s) not in table)
+                if unknown:
+                    raise InvalidInputError(f"`{where}` uses undeclared symbols {unknown}.")
+                e = e.xreplace({s: table[str(s)] for s in e.free_symbols})
+            else:
+                e = parse_expression(e, table, where=where)
+            exprs.append(sympy.sympify(e))
+        self.states = states
+        self.params = params
+        self.exprs = tuple(exprs)
+
+    # -- structure ---------------------------------------------------------------------------------------
+
+    @property
+    def n_states(self) -> int:
+        return len(self.states)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.params
+
+    @property
+    def time_dependent(self) -> bool:
+        """Whether any component depends explicitly on ``t``."""
+        return any(e.has(self.t_symbol) for e in self.exprs)
+
+    def display_exprs(self) -> tuple[sympy.Expr, ...]:
+        """The expressions written with the user's names (the internal ones are ``_t``, ``_y<i>``, ``_p<i>``)."""
+        return tuple(e.xreplace(self._display) for e in self.exprs)
+
+    def describe(self) -> str:
+        return "; ".join(f"d{s}/dt = {e}" for s, e in zip(self.states, self.display_exprs()))
+
+    def fingerprint(self) -> str:
+        return f"symbolic|{self.states}|{self.params}|" + "|".join(sympy.srepr(e) for e in self.exprs)
+
+    def __repr__(self) -> str:
+        return f"SymbolicRHS(states={list(self.states)}, params={list(self.params)}, rhs={[str(e) for e in self.display_exprs()]})"
+
+    # -- code generation ---------------------------------------------------------------------------------
+
+    def lambdify(self, namespace: dict[str, Callable]) -> Callable:
+        """Compile the expressions against a framework's functions.
+
+        ``namespace`` maps function names used by SymPy's printer (``sin``, ``exp``, ``tanh``, ``Abs``/``abs``,
+        ``sqrt``, ``log``, ...) to framework functions. Returns ``fn(t, ys, ps) -> list`` where ``ys``/``ps`` are
+        sequences of per-component arrays; a constant component comes back as a Python number (broadcast it).
+        The printed code comes from the whitelisted expression tree, never from user text.
+        """
+        fn = sympy.lambdify(
+            (self.t_symbol, self.state_symbols, self.param_symbols), list(self.exprs),
+            modules=[namespace, "math"],
+        )
+        return fn
+
+    @functools.cached_property
+    def _numpy(self):
+        args = (self.t_symbol, self.state_symbols, self.param_symbols)
+        f = sympy.lambdify(args, list(self.exprs), modules="numpy")
+        m = sympy.Matrix(self.exprs)
+        jy = sympy.lambdify(args, m.jacobian(self.state_symbols), modules="numpy")
+        jp = (
+            sympy.lambdify(args, m.jacobian(self.param_symbols), modules="numpy")
+            if self.params
+            else None
+        )
+        return f, jy, jp
+
+    def f(self, t, y, p):
+        out = self._numpy[0](t, tuple(y), tuple(p))
+        return np.asarray([float(v) for v in out], dtype=np.float64)
+
+    def jac_y(self, t, y, p):
+        return np.asarray(self._numpy[1](t, tuple(y), tuple(p)), dtype=np.float64).reshape(self.n_states, self.n_states)
+
+    def jac_p(self, t, y, p):
+        if self._numpy[2] is None:
+            return np.zeros((self.n_states, 0))
+        return np.asarray(self._numpy[2](t, tuple(y), tuple(p)), dtype=np.float64).reshape(
+            self.n_states, len(self.params)
+        )
+
+    def linear_structure(self):
+        """If ``f = A(p) y`` (linear, homogeneous, autonomous), return ``(A_fn, dA_fn)``, else ``None``.
+
+        ``A_fn(p)`` gives ``A`` of shape ``(n, n)``; ``dA_fn(p)`` gives ``dA/dp`` of shape ``(n, n, n_params)``.
+        Used by the reference for its closed form (matrix exponential).
+        """
+        if self.time_dependent:
+            return None
+        y = self.state_symbols
+        m = sympy.Matrix(self.exprs)
+        a = m.jacobian(y)
+        if any(entry.has(*y) for entry in a):
+            return None
+        if any(sympy.expand(e) != 0 for e in (m - a * sympy.Matrix(y))):
+            return None
+        ps = self.param_symbols
+        n, k = self.n_states, len(ps)
+        a_fn = sympy.lambdify((ps,), list(a), modules="numpy")
+        da_fn = sympy.lambdify((ps,), [a[i].diff(q) for i in range(n * n) for q in ps], modules="numpy")
+
+        def A_fn(p):
+            return np.asarray(a_fn(tuple(p)), dtype=np.float64).reshape(n, n)
+
+        def dA_fn(p):
+            return np.asarray(da_fn(tuple(p)), dtype=np.float64).reshape(n, n, k)
+
+        return A_fn, dA_fn
+
+
+# ------------------------------------------------------------------------------------------------------ MLP
+
+ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "identity")
+"""Activations an :class:`MLPRHS` may use on its hidden layers."""
+
+
+def _act(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activation value and derivative."""
+    if name == "tanh":
+        h = np.tanh(z)
+        return h, 1.0 - h * h
+    if name == "relu":
+        return np.maximum(z, 0.0), (z > 0).astype(np.float64)
+    if name == "softplus":
+        return np.logaddexp(0.0, z), 1.0 / (1.0 + np.exp(-z))
+    if name == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+        return s, s * (1.0 - s)
+    return z, np.ones_like(z)
+
+
+class MLPRHS(AbstractRHS):
+    """An autonomous MLP vector field ``f(t, y) = MLP(y)`` (see the module docstring for the flat layout).
+
+    **Arguments:**
+    - ``widths``: layer widths ``[n_states, h_1, ..., n_states]`` (at least two entries, first == last).
+    - ``activation``: one of :data:`ACTIVATIONS`, applied on hidden layers.
+    - ``weights``/``biases``: optional initial values (lists of arrays, shapes ``(out, in)`` / ``(out,)``);
+      if omitted, seeded initialisation: ``W ~ U(-s, s)`` with ``s = scale/sqrt(in)``, ``b ~ U(-s, s)``, from
+      ``numpy.random.default_rng(seed)``, layer by layer (W then b).
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation: str = "tanh",
+        *,
+        weights: Sequence[np.ndarray] | None = None,
+        biases: Sequence[np.ndarray] | None = None,
+        seed: int = 0,
+        scale: float = 1.0,
+    ):
+        if (
+            isinstance(widths, (str, bytes))
+            or not isinstance(widths, Sequence)
+            or len(widths) < 2
+            or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in widths)
+        ):
+            raise InvalidInputError(f"`widths` must be a list of >= 2 positive integers; got {widths!r}.")
+        widths = tuple(int(w) for w in widths)
+        if widths[0] != widths[-1]:
+            raise InvalidInputError(
+                f"`widths` must start and end with the number of states (a vector field maps R^n to R^n); got {widths}."
+            )
+        if activation not in ACTIVATIONS:
+            raise InvalidInputError(f"`activation` must be one of {fmt_choices(ACTIVATIONS)}; got {activation!r}.")
+        shapes = [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)]
+        if weights is None and biases is None:
+            rng = np.random.default_rng(seed)
+            weights, biases = [], []
+            for out, inp in shapes:
+                s = float(scale) / np.sqrt(inp)
+                weights.append(rng.uniform(-s, s, size=(out, inp)))
+                biases.append(rng.uniform(-s, s, size=(out,)))
+        elif weights is None or biases is None:
+            raise InvalidInputError("give both `weights` and `biases`, or neither (seeded initialisation).")
+        if len(weights) != len(shapes) or len(biases) != len(shapes):
+            raise InvalidInputError(f"`weights`/`biases` must have {len(shapes)} entries each for widths {widths}.")
+        ws, bs = [], []
+        for i, ((out, inp), w, b) in enumerate(zip(shapes, weights, biases)):
+            w = np.asarray(w, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
+            if w.shape != (out, inp) or b.shape != (out,):
+                raise InvalidInputError(
+                    f"layer {i + 1}: expected weights {(out, inp)} and bias {(out,)}; got {w.shape} and {b.shape}."
+                )
+            if not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+                raise InvalidInputError(f"layer {i + 1}: weights and biases must be finite.")
+            ws.append(w)
+            bs.append(b)
+        self.widths = widths
+        self.activation = activation
+        self.shapes = tuple(shapes)
+        self._init = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in zip(ws, bs)])
+
+    @property
+    def n_states(self) -> int:
+        return self.widths[0]
+
+    @property
+    def n_params(self) -> int:
+        return sum(o * i + o for o, i in self.shapes)
+
+    @functools.cached_property
+    def param_names(self) -> tuple[str, ...]:
+        names = []
+        for layer, (out, inp) in enumerate(self.shapes, start=1):
+            names += [f"W{layer}[{i},{j}]" for i in range(out) for j in range(inp)]
+            names += [f"b{layer}[{i}]" for i in range(out)]
+        return tuple(names)
+
+    def initial_params(self) -> np.ndarray:
+        """The flat parameter vector of the initial weights (a copy)."""
+        return self._init.copy()
+
+    def unflatten(self, p):
+        """Split a flat parameter vector (any array type supporting slicing and ``reshape``) into ``[(W, b), ...]``."""
+        out, k = [], 0
+        for o, i in self.shapes:
+            w = p[k : k + o * i].reshape(o, i)
+            k += o * i
+            b = p[k : k + o]
+            k += o
+            out.append((w, b))
+        return out
+
+    def describe(self) -> str:
+        return f"MLP {'-'.join(map(str, self.widths))} {self.activation} ({self.n_params} params)"
+
+    def fingerprint(self) -> str:
+        return f"mlp|{self.widths}|{self.activation}"
+
+    def __repr__(self) -> str:
+        return f"MLPRHS(widths={list(self.widths)}, activation={self.activation!r})"
+
+    def _forward(self, y, p):
+        layers = self.unflatten(np.asarray(p, dtype=np.float64))
+        hs, ds = [np.asarray(y, dtype=np.float64)], []
+        for w, b in layers[:-1]:
+            h, d = _act(self.activation, w @ hs[-1] + b)
+            hs.append(h)
+            ds.append(d)
+        w, b = layers[-1]
+        return layers, hs, ds, w @ hs[-1] + b
+
+    def f(self, t, y, p):
+        return self._forward(y, p)[3]
+
+    def jac_y(self, t, y, p):
+        layers, hs, ds, _ = self._forward(y, p)
+        j = layers[-1][0]
+        for (w, _), d in zip(reversed(layers[:-1]), reversed(ds)):
+            j = (j * d) @ w
+        return j
+
+    def jac_p(self, t, y, p):
+        layers, hs, ds, _ = self._forward(y, p)
+        n = self.n_states
+        blocks = []
+        back = np.eye(n)  # d out / d z_l, starting at the output layer
+        for layer in range(len(layers) - 1, -1, -1):
+            h_in = hs[layer]
+            dw = (back[:, :, None] * h_in[None, None, :]).reshape(n, -1)
+            blocks.append(np.concatenate([dw, back], axis=1))
+            if layer > 0:
+                back = (back @ layers[layer][0]) * ds[layer - 1]
+        return np.concatenate(blocks[::-1], axis=1)

@@ -1,0 +1,1 @@
+"""Backend adapters, one sub-package or module per ecosystem; importing this package imports no framework."""

@@ -1,0 +1,57 @@
+"""``reference`` backend: the SciPy forward-sensitivity / closed-form reference as a backend.
+
+It ignores the requested solver, sensitivity and step control (the reference always runs at its own tight
+tolerance, see :mod:`crossode._reference`) and only runs on the CPU; its records carry the reference's time, so a
+sweep shows what an independent check costs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy
+
+from ..._backend import Prepared
+from ..._errors import UnsupportedError
+from ..._record import GradientOutput, SolveOutput, Stats
+from ..._reference import _CACHE, reference
+
+
+class _PreparedReference(Prepared):
+    def __init__(self, problem):
+        self.problem = problem
+
+    def _run(self):
+        # Drop this problem's cached entry so a timed call really computes the reference.
+        for key in [k for k in _CACHE if k[0] == self.problem.fingerprint()]:
+            del _CACHE[key]
+        return reference(self.problem)
+
+    def solve(self) -> SolveOutput:
+        return SolveOutput(np.array(self._run().ys), Stats())
+
+    def gradient(self) -> GradientOutput:
+        r = self._run()
+        return GradientOutput(r.loss, np.array(r.dparams), np.array(r.dy0), Stats(), dt0=r.dt0, dt1=r.dt1)
+
+
+class ReferenceBackend:
+    """Backend protocol implementation for the independent reference."""
+
+    name = "reference"
+
+    def versions(self) -> dict[str, str]:
+        return {"numpy": np.__version__, "scipy": scipy.__version__}
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def supports(self, problem, solver, sensitivity, step, device="cpu") -> str | None:
+        if device != "cpu":
+            return f"the reference runs on the CPU only; got device={device!r}"
+        return None
+
+    def prepare(self, problem, solver, sensitivity, step, *, device="cpu", dtype="float64") -> Prepared:
+        reason = self.supports(problem, solver, sensitivity, step, device)
+        if reason:
+            raise UnsupportedError(reason)
+        return _PreparedReference(problem)

@@ -1,0 +1,332 @@
+"""The ``crossode`` command line: ``info``, ``list``, ``compare`` (and ``julia-setup``).
+
+Bad input (unknown names, malformed or hostile problem files, unsupported combinations, unavailable backends that
+were asked for by name) prints one line to stderr and exits with status 2; nothing from the input is executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+import time
+
+from ._errors import CrossODEError, InvalidInputError, UnsupportedError, fmt_choices
+from ._sensitivity import SENSITIVITIES, check_pair, sensitivity_from_name
+from ._solvers import SOLVERS, Adaptive, Fixed, solver_from_name
+
+__all__ = ["main", "DEFAULT_PROBLEM", "DEFAULT_CELLS"]
+
+DEFAULT_PROBLEM = "lotka_volterra"
+"""Problem of the built-in default comparison."""
+
+DEFAULT_CELLS = (
+    ("dopri5", "direct"),
+    ("dopri5", "checkpointed"),
+    ("dopri5", "backsolve"),
+    ("tsit5", "direct"),
+    ("alf", "mali"),
+)
+"""(solver, sensitivity) pairs of the built-in default comparison (each on every available backend)."""
+
+_PACKAGES = {"reference": ("numpy", "scipy"), "torch": ("torch",), "jax": ("jax", "diffrax", "equinox"),
+             "julia": ("juliacall",)}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints usage too)
+        self.exit(2, f"crossode: error: {message}\n")
+
+
+def _usage_error(msg: str) -> int:
+    print(f"crossode: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+# ------------------------------------------------------------------------------------------------------ info
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cmd_info(args) -> int:
+    """Each backend: available or not (with the reason), versions, devices."""
+    from ._registry import BACKENDS, get_backend, unavailable_reason
+
+    print(f"crossode {_pkg_version('crossode') or 'dev'}  python {sys.version.split()[0]}")
+    for name in BACKENDS:
+        reason = unavailable_reason(name)
+        versions = ", ".join(f"{p} {v}" for p in _PACKAGES[name] if (v := _pkg_version(p)))
+        if reason is None:
+            devices = ""
+            if args.devices:
+                try:
+                    devices = "  devices: " + ", ".join(get_backend(name).devices())
+                except Exception as e:  # noqa: BLE001 - info must never traceback
+                    devices = f"  devices: unknown ({type(e).__name__}: {e})"
+            print(f"  {name:10s} available    {versions}{devices}")
+        else:
+            print(f"  {name:10s} unavailable  {reason}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ list
+
+
+def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]:
+    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()``.
+
+    Backends whose framework is missing are left out (their ``supports`` needs the framework); the Julia backend's
+    ``supports`` is pure Python and is always included.
+    """
+    import importlib
+
+    from . import problems
+    from ._registry import BACKENDS
+
+    problem = problem or problems.get_problem(DEFAULT_PROBLEM)
+    out = {}
+    for name, spec in BACKENDS.items():
+        if name == "reference":
+            continue
+        missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
+        if missing and name != "julia":
+            continue
+        module, cls = spec.target.split(":")
+        try:
+            backend = getattr(importlib.import_module(module), cls)()
+        except Exception:  # noqa: BLE001
+            continue
+        table = {}
+        for s_name, s_cls in SOLVERS.items():
+            for g_name, g_cls in SENSITIVITIES.items():
+                solver, sens = s_cls(), g_cls()
+                try:
+                    check_pair(solver, sens)
+                except UnsupportedError as e:
+                    table[(s_name, g_name)] = str(e)
+                    continue
+                step = Adaptive() if solver.adaptive else Fixed(dt=0.1)
+                try:
+                    table[(s_name, g_name)] = backend.supports(problem, solver, sens, step, "cpu")
+                except Exception as e:  # noqa: BLE001
+                    table[(s_name, g_name)] = f"{type(e).__name__}: {e}"
+        out[name] = table
+    return out
+
+
+def cmd_list(args) -> int:
+    """Problems, solvers, sensitivities, and the backend support matrix."""
+    from . import problems
+
+    print("problems:")
+    for name, factory in problems.PROBLEMS.items():
+        print(f"  {name:20s} {(factory.__doc__ or '').strip().splitlines()[0]}")
+    print("solvers:")
+    for name, cls in SOLVERS.items():
+        kind = "adaptive" if cls.adaptive else "fixed step only"
+        print(f"  {name:15s} order {cls.order}, {kind}{', stiff' if cls.stiff else ''}")
+    print("sensitivities:")
+    for name, cls in SENSITIVITIES.items():
+        print(f"  {name:15s} {cls.family.upper()}  {(cls.__doc__ or '').strip().splitlines()[0]}")
+    matrix = support_matrix()
+    print("support matrix (y = supported; '.' = not; cells checked with each backend's supports()):")
+    backends = list(matrix)
+    print("  " + " " * 30 + "  ".join(f"{b:>6s}" for b in backends))
+    for s_name in SOLVERS:
+        for g_name in SENSITIVITIES:
+            marks = ["y" if matrix[b].get((s_name, g_name)) is None else "." for b in backends]
+            if all(m == "." for m in marks):
+                continue
+            print(f"  {s_name + ' + ' + g_name:30s}" + "  ".join(f"{m:>6s}" for m in marks))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- compare
+
+
+def _load_problem(args):
+    from ._problemfile import load_problem_file
+    from .problems import get_problem
+
+    if args.problem and args.problem_file:
+        raise InvalidInputError("give --problem or --problem-file, not both.")
+    if args.problem_file:
+        return load_problem_file(args.problem_file)
+    return get_problem(args.problem or DEFAULT_PROBLEM)
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def _print_table(records, problem, skipped):
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"crossode compare: {problem.name} ({problem.rhs.describe()[:60]})", show_lines=False)
+    for col in ("backend", "solver", "sensitivity", "step", "status", "loss", "grad err", "dy0 err", "NFE f/b",
+                "steps a/r", "grad ms", "compile s", "peak MB"):
+        table.add_column(col, justify="right" if col not in ("backend", "solver", "sensitivity", "status") else "left")
+    for r in records:
+        step = f"dt={r.dt:g}" if r.dt is not None else f"rtol={r.rtol:g}"
+        nfe = f"{_fmt(r.nfe_forward, 'd')}/{_fmt(r.nfe_backward, 'd')}"
+        steps = f"{_fmt(r.steps_accepted, 'd')}/{_fmt(r.steps_rejected, 'd')}"
+        ms = None if r.time_gradient_s is None else 1e3 * r.time_gradient_s
+        mb = None if r.peak_memory_bytes is None else r.peak_memory_bytes / 1e6
+        status = r.status if r.ok else f"[red]{r.status}[/red]"
+        table.add_row(r.backend, r.solver, r.sensitivity, step, status, _fmt(r.loss, ".6g"), _fmt(r.grad_error, ".2e"),
+                      _fmt(r.dy0_error, ".2e"), nfe, steps, _fmt(ms, ".2f"), _fmt(r.compile_s, ".2f"),
+                      _fmt(mb, ".1f"))
+    console.print(table)
+    for r in records:
+        if not r.ok:
+            console.print(f"[red]{r.backend}/{r.solver}/{r.sensitivity}: {r.status}[/red]: {r.message}", markup=True)
+    if records and records[0].reference:
+        console.print(f"errors are relative L2 against the independent reference ({records[0].reference}).")
+    for name, reason in skipped:
+        console.print(f"left out backend {name!r}: {reason}")
+
+
+def cmd_compare(args) -> int:
+    """Run a comparison (the built-in default with no flags) and print a table."""
+    from ._harness import measure
+    from ._registry import backend_names, unavailable_reason
+
+    problem = _load_problem(args)
+    explicit_backends = args.backend is not None
+    backends = _csv(args.backend) if explicit_backends else backend_names()
+    for b in backends:
+        if b not in backend_names(include_reference=True):
+            raise InvalidInputError(f"Unknown backend {b!r}; expected one of {fmt_choices(backend_names(True))}.")
+    skipped, usable = [], []
+    for b in backends:
+        reason = unavailable_reason(b)
+        if reason is None:
+            usable.append(b)
+        elif explicit_backends:
+            raise InvalidInputError(f"backend {b!r} is unavailable: {reason}")
+        else:
+            skipped.append((b, reason))
+    if args.solver or args.sensitivity:
+        solvers = _csv(args.solver or "dopri5")
+        sens = _csv(args.sensitivity or "direct")
+        pairs = [(s, g) for s in solvers for g in sens]
+        defaults = False
+    else:
+        pairs, defaults = list(DEFAULT_CELLS), True
+    if args.dt is not None and (args.rtol is not None or args.atol is not None):
+        raise InvalidInputError("give --dt (fixed step) or --rtol/--atol (adaptive), not both.")
+    cells = []
+    for s_name, g_name in pairs:
+        solver, sens = solver_from_name(s_name), sensitivity_from_name(g_name)
+        if args.dt is not None:
+            step = Fixed(dt=args.dt)
+        else:
+            step = Adaptive(rtol=args.rtol if args.rtol is not None else 1e-6,
+                            atol=args.atol if args.atol is not None else 1e-8)
+            if not solver.adaptive:
+                if defaults:
+                    continue
+                raise InvalidInputError(f"solver {s_name!r} has no error estimate; pass --dt for fixed steps.")
+        if not defaults:
+            check_pair(solver, sens)  # raises UnsupportedError -> exit 2
+        for b in usable:
+            cells.append((b, solver, sens, step))
+    if not cells:
+        raise InvalidInputError("nothing to run: no available backend for the requested cells.")
+    records = []
+    out_fh = open(args.out, "a") if args.out else None
+    try:
+        for b, solver, sens, step in cells:
+            rec = measure(problem, b, solver, sens, step, device=args.device, dtype=args.dtype,
+                          repeats=args.repeats, save_gradients=args.save_gradients)
+            records.append(rec)
+            if out_fh:
+                out_fh.write(json.dumps(rec.to_dict()) + "\n")
+                out_fh.flush()
+                os.fsync(out_fh.fileno())
+    finally:
+        if out_fh:
+            out_fh.close()
+    explicit = explicit_backends or not defaults
+    if explicit and all(r.status in ("unsupported", "unavailable") for r in records):
+        for r in records:
+            print(f"crossode: error: {r.backend}/{r.solver}/{r.sensitivity}: {r.message}", file=sys.stderr)
+        return 2
+    if defaults:  # the built-in default shows only what each backend supports
+        records = [r for r in records if r.status != "unsupported"]
+    _print_table(records, problem, skipped)
+    if args.save_gradients:
+        for r in records:
+            if r.ok:
+                print(json.dumps({"backend": r.backend, "solver": r.solver, "sensitivity": r.sensitivity,
+                                  "dparams": r.dparams, "dy0": r.dy0}))
+    return 0
+
+
+def cmd_julia_setup(args) -> int:
+    """Install Julia and the Julia packages through juliapkg (needs internet) and precompile."""
+    try:
+        from .backends.julia._setup import setup
+    except ImportError as e:
+        return _usage_error(f"the Julia backend needs juliacall: pip install 'crossode[julia]' ({e})")
+    return setup()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = _Parser(prog="crossode", description="Compare ODE gradient methods across PyTorch, JAX and Julia.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    info = sub.add_parser("info", help="backends available here, with reasons and versions")
+    info.add_argument("--devices", action="store_true", help="also list devices (imports the frameworks)")
+    info.set_defaults(func=cmd_info)
+    sub.add_parser("list", help="problems, solvers, sensitivities and the support matrix").set_defaults(func=cmd_list)
+    c = sub.add_parser("compare", help="run a comparison (default: built-in comparison on a small zoo problem)")
+    c.add_argument("--problem", help="zoo problem name (see `crossode list`)")
+    c.add_argument("--problem-file", help="TOML problem file (schema in the README)")
+    c.add_argument("--backend", help="comma list of backends (default: every available one)")
+    c.add_argument("--solver", help="comma list of solvers")
+    c.add_argument("--sensitivity", help="comma list of sensitivities")
+    c.add_argument("--rtol", type=float)
+    c.add_argument("--atol", type=float)
+    c.add_argument("--dt", type=float, help="fixed step size (instead of rtol/atol)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda/gpu")
+    c.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    c.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up call (median reported)")
+    c.add_argument("--out", help="append one JSON record per cell to this JSONL file")
+    c.add_argument("--save-gradients", action="store_true", help="include dparams and dy0 in records and output")
+    c.set_defaults(func=cmd_compare)
+    sub.add_parser("julia-setup", help="install Julia + packages via juliapkg and precompile").set_defaults(
+        func=cmd_julia_setup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``crossode`` console script."""
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        code = args.func(args)
+    except CrossODEError as e:
+        return _usage_error(str(e))
+    except KeyboardInterrupt:
+        return 130
+    if os.environ.get("CROSSODE_TIMING"):
+        print(f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The problem zoo: standard benchmark problems, each defined once with its source's standard values.
+
+Every factory takes keyword overrides of its defining constants and returns a :class:`~crossode.Problem`.
+``get_problem(name, **overrides)`` looks one up by name; ``PROBLEMS`` lists them.
+
+=====================  ==============================================================  =========================
+name                   equations (defaults)                                            source
+=====================  ==============================================================  =========================
+linear                 y' = A y, A = randn(n,n)/sqrt(n) - 0.5 I (seed 0), n = 10, T = 2  mali.md "rand10";
+                       closed-form gradient via expm / Fréchet derivative               torchdiffeq tests
+exponential_decay      y' = -k y, k = 0.5, y0 = 1, T = 5                                textbook
+decay2                 y' = A y, A = [[-1, 0], [0.5, -3]], T = 5 (MALI failure case)   mali.md §8
+lotka_volterra         x' = a x - b x y, y' = -c y + d x y; (1.5, 1, 3, 1), [1, 1], 10  SciMLBenchmarks
+van_der_pol            x' = y, y' = mu((1 - x^2) y - x); mu = 1, [2, 0], T = 6.3        Hairer-Wanner
+van_der_pol_stiff      same with mu = 1e3, [2, 0], T = 2 (stiff; SciMLBenchmarks uses  Hairer-Wanner
+                       mu = 1e6, impractical for explicit baselines)
+robertson              k1 0.04, k2 3e7, k3 1e4; [1, 0, 0]; (0, 100)                     Diffrax stiff_ode.py
+fitzhugh_nagumo        v' = v - v^3/3 - w + l, w' = tau_inv (v + a - b w);              SciMLBenchmarks
+                       a 0.7, b 0.8, tau_inv 1/12.5, l 0.5; [1, 1]; 10
+cubic_spiral           y' = A^T y^3, A = [[-0.1, 2], [-2, -0.1]], [2, 0], (0, 1.5),    Onken & Ruthotto;
+                       29 saves                                                        torchdiffeq ode_demo
+error_norm_trap        u1' = p1 (u1 - u2), u2' = p2 (u2 - u1), p = (1, 1), [1, 1], 5    Sapienza et al. §4.1.2.4
+mlp                    y' = MLP(y), widths [2, 32, 2], tanh, seed 0, y0 [1, 0], T = 1   Diffrax neural ODE style
+=====================  ==============================================================  =========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ._errors import InvalidInputError, fmt_choices
+from ._problem import Loss, Problem
+from ._rhs import MLPRHS, SymbolicRHS
+
+__all__ = ["PROBLEMS", "get_problem"]
+
+
+def _matrix_problem(name: str, a: np.ndarray, y0, t1: float, description: str, saveat=None) -> Problem:
+    """y' = A y with every entry of A a parameter ``a_i_j`` (row-major)."""
+    n = a.shape[0]
+    states = [f"y{i}" for i in range(n)]
+    params = [f"a_{i}_{j}" for i in range(n) for j in range(n)]
+    rhs = [" + ".join(f"a_{i}_{j}*y{j}" for j in range(n)) for i in range(n)]
+    return Problem(
+        SymbolicRHS(states, params, rhs), y0=y0, params=a.ravel(), tspan=(0.0, t1), saveat=saveat,
+        name=name, description=description,
+    )
+
+
+def linear(n: int = 10, t1: float = 2.0, seed: int = 0) -> Problem:
+    """Random stable linear system with a closed-form gradient (matrix exponential)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n)) / np.sqrt(n) - 0.5 * np.eye(n)
+    y0 = rng.standard_normal(n)
+    return _matrix_problem("linear", a, y0, t1, f"y' = A y, {n}x{n} random stable A, closed-form gradient")
+
+
+def exponential_decay(k: float = 0.5, y0: float = 1.0, t1: float = 5.0) -> Problem:
+    """Scalar exponential decay y' = -k y."""
+    return Problem(
+        SymbolicRHS(["y"], ["k"], ["-k*y"]), y0=[y0], params={"k": k}, tspan=(0.0, t1),
+        saveat=np.linspace(t1 / 5, t1, 5), name="exponential_decay", description="y' = -k y",
+    )
+
+
+def decay2(t1: float = 5.0) -> Problem:
+    """Dissipative 2x2 system on which undamped ALF is unstable (TorchDiffEqPack's silent failure case)."""
+    a = np.array([[-1.0, 0.0], [0.5, -3.0]])
+    return _matrix_problem("decay2", a, [1.0, 1.0], t1, "y' = A y, eigenvalues -1, -3 (ALF-unstable)")
+
+
+def lotka_volterra(a=1.5, b=1.0, c=3.0, d=1.0, t1: float = 10.0) -> Problem:
+    """Lotka-Volterra predator-prey (SciMLBenchmarks values)."""
+    return Problem(
+        SymbolicRHS(["x", "y"], ["a", "b", "c", "d"], ["a*x - b*x*y", "-c*y + d*x*y"]),
+        y0=[1.0, 1.0], params={"a": a, "b": b, "c": c, "d": d}, tspan=(0.0, t1),
+        saveat=np.linspace(t1 / 4, t1, 4), name="lotka_volterra", description="predator-prey",
+    )
+
+
+def _vdp(name: str, mu: float, t1: float, stiff: bool) -> Problem:
+    return Problem(
+        SymbolicRHS(["x", "y"], ["mu"], ["y", "mu*((1 - x**2)*y - x)"]),
+        y0=[2.0, 0.0], params={"mu": mu}, tspan=(0.0, t1), saveat=np.linspace(t1 / 4, t1, 4),
+        name=name, description=f"Van der Pol, mu = {mu:g}", stiff=stiff,
+    )
+
+
+def van_der_pol(mu: float = 1.0, t1: float = 6.3) -> Problem:
+    """Non-stiff Van der Pol oscillator."""
+    return _vdp("van_der_pol", mu, t1, stiff=False)
+
+
+def van_der_pol_stiff(mu: float = 1e3, t1: float = 2.0) -> Problem:
+    """Stiff Van der Pol oscillator."""
+    return _vdp("van_der_pol_stiff", mu, t1, stiff=True)
+
+
+def robertson(k1=0.04, k2=3e7, k3=1e4, t1: float = 100.0) -> Problem:
+    """Robertson's stiff chemical kinetics (Diffrax's stiff example span)."""
+    return Problem(
+        SymbolicRHS(
+            ["y1", "y2", "y3"], ["k1", "k2", "k3"],
+            ["-k1*y1 + k3*y2*y3", "k1*y1 - k2*y2**2 - k3*y2*y3", "k2*y2**2"],
+        ),
+        y0=[1.0, 0.0, 0.0], params={"k1": k1, "k2": k2, "k3": k3}, tspan=(0.0, t1),
+        saveat=[t1 / 100, t1 / 10, t1], name="robertson", description="stiff kinetics", stiff=True,
+    )
+
+
+def fitzhugh_nagumo(a=0.7, b=0.8, tau_inv=1 / 12.5, l=0.5, t1: float = 10.0) -> Problem:  # noqa: E741
+    """FitzHugh-Nagumo neuron model (SciMLBenchmarks values)."""
+    return Problem(
+        SymbolicRHS(["v", "w"], ["a", "b", "tau_inv", "l"], ["v - v**3/3 - w + l", "tau_inv*(v + a - b*w)"]),
+        y0=[1.0, 1.0], params={"a": a, "b": b, "tau_inv": tau_inv, "l": l}, tspan=(0.0, t1),
+        saveat=np.linspace(t1 / 4, t1, 4), name="fitzhugh_nagumo", description="excitable neuron",
+    )
+
+
+def cubic_spiral(t1: float = 1.5, n_save: int = 30) -> Problem:
+    """The cubic spiral of torchdiffeq's demo and Onken & Ruthotto: y' = A^T (y^3), saved at 29 times."""
+    a = {"a11": -0.1, "a12": 2.0, "a21": -2.0, "a22": -0.1}
+    return Problem(
+        SymbolicRHS(["x", "y"], list(a), ["a11*x**3 + a21*y**3", "a12*x**3 + a22*y**3"]),
+        y0=[2.0, 0.0], params=a, tspan=(0.0, t1), saveat=np.linspace(0.0, t1, n_save)[1:],
+        name="cubic_spiral", description="y' = A^T y^3",
+    )
+
+
+def error_norm_trap(p1: float = 1.0, p2: float = 1.0, t1: float = 5.0) -> Problem:
+    """Sapienza et al.'s case where reverse-mode through adaptive solvers has been reported wrong; loss = u1(t1)."""
+    return Problem(
+        SymbolicRHS(["u1", "u2"], ["p1", "p2"], ["p1*(u1 - u2)", "p2*(u2 - u1)"]),
+        y0=[1.0, 1.0], params={"p1": p1, "p2": p2}, tspan=(0.0, t1),
+        loss=Loss("linear", [[1.0, 0.0]]), name="error_norm_trap", description="du1(T)/du0 trap",
+    )
+
+
+def mlp(n: int = 2, width: int = 32, depth: int = 1, activation: str = "tanh", seed: int = 0,
+        t1: float = 1.0) -> Problem:
+    """A neural ODE y' = MLP(y) of configurable size (depth = number of hidden layers)."""
+    if depth < 1 or width < 1 or n < 1:
+        raise InvalidInputError(f"`n`, `width`, `depth` must be >= 1; got n={n}, width={width}, depth={depth}.")
+    rhs = MLPRHS([n] + [width] * depth + [n], activation, seed=seed)
+    y0 = np.zeros(n)
+    y0[0] = 1.0
+    return Problem(rhs, y0=y0, tspan=(0.0, t1), saveat=[t1 / 2, t1], name="mlp", description=rhs.describe())
+
+
+PROBLEMS: dict[str, Callable[..., Problem]] = {
+    "linear": linear,
+    "exponential_decay": exponential_decay,
+    "decay2": decay2,
+    "lotka_volterra": lotka_volterra,
+    "van_der_pol": van_der_pol,
+    "van_der_pol_stiff": van_der_pol_stiff,
+    "robertson": robertson,
+    "fitzhugh_nagumo": fitzhugh_nagumo,
+    "cubic_spiral": cubic_spiral,
+    "error_norm_trap": error_norm_trap,
+    "mlp": mlp,
+}
+"""Zoo problem factories by name."""
+
+
+def get_problem(name: str, **overrides) -> Problem:
+    """Build the zoo problem ``name`` with keyword overrides of its constants (see :data:`PROBLEMS`)."""
+    factory = PROBLEMS.get(name)
+    if factory is None:
+        raise InvalidInputError(f"Unknown problem {name!r}; expected one of {fmt_choices(PROBLEMS)}.")
+    try:
+        return factory(**overrides)
+    except TypeError as e:
+        raise InvalidInputError(f"Problem {name!r} does not accept options {sorted(overrides)} ({e}).") from None
