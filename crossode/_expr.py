@@ -126,8 +126,8 @@ def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> s
         return -a if isinstance(node.op, ast.USub) else a
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-            name = node.func.id if isinstance(node.func, ast.Name) else ast.dump(node.func)[:40]
-            raise _reject(where, text, f"a call of {name!r}")
+            what = f"a call of {node.func.id!r}" if isinstance(node.func, ast.Name) else "a call of a computed function"
+            raise _reject(where, text, what)
         if node.keywords or len(node.args) != 1 or any(isinstance(a, ast.Starred) for a in node.args):
             raise _reject(where, text, f"{node.func.id}() with other than one positional argument")
         return FUNCTIONS[node.func.id](_build(node.args[0], symbols, where, text, depth + 1))

@@ -64,7 +64,7 @@ def load_problem_file(path: str | os.PathLike) -> Problem:
     try:
         return problem_from_dict(data, default_name=default_name)
     except InvalidInputError as e:
-        raise InvalidInputError(f"problem file {path!r}: {e}") from None
+        raise type(e)(f"problem file {path!r}: {e}") from None
 
 
 def _table(data, key, allowed):
