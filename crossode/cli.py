@@ -1,4 +1,5 @@
-"""The ``crossode`` command line: ``info``, ``list``, ``compare`` (and ``julia-setup``).
+"""The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
+``report`` (and ``julia-setup``).
 
 Bad input (unknown names, malformed or hostile problem files, unsupported combinations, unavailable backends that
 were asked for by name) prints one line to stderr and exits with status 2; nothing from the input is executed.
@@ -174,7 +175,7 @@ def _print_table(records, problem, skipped):
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # pipes/CI: do not squeeze columns to 80
     table = Table(title=f"crossode compare: {problem.name} ({problem.rhs.describe()[:60]})", show_lines=False)
     for col in ("backend", "solver", "sensitivity", "step", "status", "loss", "grad err", "dy0 err", "NFE f/b",
                 "steps a/r", "grad ms", "compile s", "peak MB"):
@@ -200,7 +201,12 @@ def _print_table(records, problem, skipped):
 
 
 def cmd_compare(args) -> int:
-    """Run a comparison (the built-in default with no flags) and print a table."""
+    """Run a comparison (the built-in default with no flags) and print a table; ``--config``: a sweep."""
+    from .sweep import _cli as sweep_cli
+
+    if args.config:
+        return sweep_cli.compare_config(args)
+    sweep_cli.check_sweep_flags(args)
     from ._harness import measure
     from ._registry import backend_names, unavailable_reason
 
@@ -307,7 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up call (median reported)")
     c.add_argument("--out", help="append one JSON record per cell to this JSONL file")
     c.add_argument("--save-gradients", action="store_true", help="include dparams and dy0 in records and output")
+    from .sweep import _cli as sweep_cli
+
+    sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
+    sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
     sub.add_parser("julia-setup", help="install Julia + packages via juliapkg and precompile").set_defaults(
         func=cmd_julia_setup)
     return p
