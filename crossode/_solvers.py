@@ -14,7 +14,7 @@ RK4            4      no        own RK                RK4 tableau           RK4
 Bosh3          3      yes       own RK                Bosh3                 BS3
 Dopri5         5      yes       own RK                Dopri5                DP5
 Tsit5          5      yes       own RK                Tsit5                 Tsit5
-Dopri8         8      yes       own RK                Dopri8                DP8
+Dopri8         8      yes       own RK (8(7))         Dopri8                DP8 (8(5,3))
 ALF            2      yes       own ALF (MALI)        own ALF (JAX MALI)    unsupported
 ImplicitEuler  1      yes       unsupported           ImplicitEuler         ImplicitEuler
 Kvaerno5       5      yes       unsupported           Kvaerno5              Kvaerno5
@@ -166,12 +166,12 @@ class Tsit5(AbstractExplicitRK):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Dopri8(AbstractExplicitRK):
-    """Dormand-Prince 8(5,3), 12 stages (+1 for the error estimate as in Diffrax)."""
+    """Prince-Dormand 8(7), 13 stages (Diffrax's ``Dopri8`` tableau; OrdinaryDiffEq's ``DP8`` is the 8(5,3) pair)."""
 
     name: ClassVar[str] = "dopri8"
     order: ClassVar[int] = 8
     adaptive: ClassVar[bool] = True
-    stages: ClassVar[int] = 12
+    stages: ClassVar[int] = 13
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -275,9 +275,9 @@ class Adaptive(AbstractStepControl):
 
     **Arguments:**
     - ``rtol``, ``atol``: relative and absolute tolerances.
-    - ``dt0``: first step; ``None`` = automatic (Hairer's initial-step algorithm, 2 extra evaluations).
-      Backends without a working automatic choice (Diffrax) get the value crossode computes, so the first step
-      is the same everywhere.
+    - ``dt0``: first step; ``None`` = automatic (Hairer's initial-step algorithm: one evaluation beyond
+      ``f(t0, y0)``). Backends without a working automatic choice (Diffrax, see ``diffrax.md`` pitfall 1) get the
+      value crossode computes with the same algorithm, so the first step is the same everywhere.
     - ``max_steps``: accepted + rejected steps allowed before the solve stops with status ``max_steps``.
     """
 

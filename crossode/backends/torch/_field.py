@@ -1,0 +1,80 @@
+"""Torch vector fields built from a neutral :class:`~crossode.Problem`.
+
+The parameters are ONE flat tensor ``p`` in the problem's layout (so ``dparams`` comes back in the neutral
+flat layout with no reshuffling); ``f(t, y)`` closes over it. States may carry leading batch dimensions:
+``y[..., i]`` is state ``i``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..._errors import UnsupportedError
+from ..._rhs import MLPRHS, SymbolicRHS
+
+__all__ = ["TORCH_NAMESPACE", "make_field"]
+
+
+def _unary(torch_fn: Callable, math_fn: Callable) -> Callable:
+    # SymPy leaves constant sub-expressions such as sqrt(2) unevaluated, so they reach us as Python numbers.
+    def fn(x):
+        return torch_fn(x) if isinstance(x, torch.Tensor) else math_fn(x)
+
+    return fn
+
+
+TORCH_NAMESPACE: dict[str, Callable] = {
+    name: _unary(getattr(torch, name), getattr(math, name))
+    for name in ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "exp", "log", "sqrt")
+}
+TORCH_NAMESPACE.update(abs=_unary(torch.abs, abs), Abs=_unary(torch.abs, abs))
+"""Function names SymPy's printer emits, mapped to torch (tensors) or math (Python numbers)."""
+
+_ACTIVATIONS: dict[str, Callable] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "softplus": F.softplus,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda z: z,
+}
+
+
+def make_field(problem, p: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(t, y)`` for ``problem.rhs`` with flat parameters ``p`` (a tensor in the problem's layout)."""
+    rhs = problem.rhs
+    if isinstance(rhs, SymbolicRHS):
+        fn = rhs.lambdify(TORCH_NAMESPACE)
+        n_p = len(rhs.params)
+
+        def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            comps = fn(t, y.unbind(-1), p.unbind(0) if n_p else ())
+            shape = y.shape[:-1]
+            # Constant components come back as numbers and t-only ones as 0-d float64 tensors: broadcast
+            # and cast everything to the state's shape and dtype.
+            out = [
+                c.to(y.dtype).expand(shape)
+                if isinstance(c, torch.Tensor)
+                else torch.full(shape, float(c), dtype=y.dtype, device=y.device)
+                for c in comps
+            ]
+            return torch.stack(out, dim=-1)
+
+        return f
+    if isinstance(rhs, MLPRHS):
+        act = _ACTIVATIONS[rhs.activation]
+        layers = rhs.unflatten  # called per evaluation: slicing views of `p`, cheap and graph-correct
+
+        def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            ws = layers(p)
+            h = y
+            for w, b in ws[:-1]:
+                h = act(F.linear(h, w, b))
+            w, b = ws[-1]
+            return F.linear(h, w, b)
+
+        return f
+    raise UnsupportedError(f"the PyTorch backend cannot build a vector field from {type(rhs).__name__}.")
