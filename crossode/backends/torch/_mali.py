@@ -1,0 +1,308 @@
+"""MALI (memory-efficient ALF gradient) and ACA-style checkpointing for PyTorch, as autograd Functions.
+
+MALI (Zhuang et al., ICLR 2021; ``shared/notes/mali.md``) stores only the end state ``(z, v)``, the float64 grid
+of accepted step boundaries and the initial ``(z0, v0)`` (inputs, kept for the reconstruction check). The backward
+pass walks the steps in reverse; per step it evaluates ``u = f(s + h/2, k)`` once *with* a graph at
+``k = z' - (h/2) v'``, uses that single ``u`` both for the exact inverse step (giving the step's input ``(z, v)``)
+and for the step's VJP (:func:`~._alf.alf_step_vjp`): one evaluation + one VJP per step, one step's graph alive
+at a time. Cotangents of the saved outputs are added to the ``z``-adjoint when the sweep passes their time.
+
+After the sweep the reconstructed ``(z0, v0)`` is compared with the stored one. The drift
+``max(rms(z0_rec - z0) / max(rms(z0), rms(z1)), same for v)`` must stay below
+``max(sensitivity.reconstruction_rtol, n_steps * eps(dtype))`` (the second term is the round-off a neutral
+reversible map accumulates, which matters only in float32); otherwise the backward raises
+:class:`~crossode.SolverFailure` ``('reconstruction_error')``, which ``loss.backward()`` re-raises unchanged.
+This is what catches damped ALF (``eta < 1``, whose inverse amplifies errors by ``1/|1 - 2 eta|`` per step) and
+parasitic growth of undamped ALF on decaying modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+
+from ..._errors import InvalidInputError
+from ..._record import SolverFailure, Stats
+from ..._sensitivity import MALI, Direct
+from ._alf import _add_stats, _Counter, _inverse_from_u, _rms, _time, alf_step_vjp, march
+
+__all__ = ["solve", "mali_saved_summary"]
+
+
+@dataclasses.dataclass(eq=False)
+class _Config:
+    func: Callable
+    times: list
+    params: tuple
+    eta: float
+    step: object
+    stats: Stats | None
+    reconstruction_rtol: float = 0.0
+    f0: torch.Tensor | None = None  # f(t0, y0) = v0, detached, for dL/dt0
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+class _CountVJP(torch.autograd.Function):
+    """Identity that adds 1 to ``stats.nfe_backward`` each time autograd backpropagates through it."""
+
+    @staticmethod
+    def forward(ctx, x, stats):
+        ctx.stats = stats
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        _add_stats(ctx.stats, bwd=1)
+        return g, None
+
+
+def _counted(func, stats):
+    """``func`` whose outputs count one backward evaluation when autograd passes through them (Direct)."""
+    if stats is None:
+        return func
+    return lambda t, y: _CountVJP.apply(func(t, y), stats)
+
+
+class _StartTime(torch.autograd.Function):
+    """Identity on ``y0`` that gives ``t[0]`` the gradient ``-<dL/dz0, f(t0, y0)>`` (continuous-flow identity)."""
+
+    @staticmethod
+    def forward(ctx, t, y0, cfg):
+        ctx.cfg = cfg
+        ctx.t_meta = (t.shape, t.dtype, t.device)
+        return y0.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        gt = None
+        if ctx.needs_input_grad[0]:
+            shape, dtype, device = ctx.t_meta
+            gt = torch.zeros(shape, dtype=dtype, device=device)
+            gt[0] = -float(torch.sum(g.double() * ctx.cfg.f0.double()))  # t may live on another device
+        return gt, g, None
+
+
+class _SaveTimes(torch.autograd.Function):
+    """Identity on the saved states that gives ``t[i]``, ``i >= 1``, the gradient ``<dL/dy_i, f(t_i, y_i)>``."""
+
+    @staticmethod
+    def forward(ctx, t, ys, cfg):
+        ctx.cfg = cfg
+        ctx.t_meta = (t.shape, t.dtype, t.device)
+        ctx.save_for_backward(ys)
+        return ys.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        gt = None
+        if ctx.needs_input_grad[0]:
+            (ys,) = ctx.saved_tensors
+            cfg = ctx.cfg
+            shape, dtype, device = ctx.t_meta
+            gt = torch.zeros(shape, dtype=dtype, device=device)
+            with torch.no_grad():
+                for i in range(ys.shape[0]):
+                    fi = cfg.func(_time(cfg.times[i + 1], ys[i]), ys[i])
+                    gt[i + 1] = float(torch.sum(g[i].double() * fi.double()))
+            _add_stats(cfg.stats, bwd=ys.shape[0])
+        return gt, g, None
+
+
+def _save_map(save_steps) -> dict[int, list[int]]:
+    """Grid index -> indices of the outputs saved there."""
+    out: dict[int, list[int]] = {}
+    for i, n in enumerate(save_steps):
+        out.setdefault(int(n), []).append(i)
+    return out
+
+
+def _param_grads(params, needs, acc):
+    """Map accumulated gradients of the params that need them back onto every param slot."""
+    it = iter(acc)
+    out = []
+    for p, need in zip(params, needs):
+        if not need:
+            out.append(None)
+            continue
+        g = next(it)
+        out.append(torch.zeros_like(p) if g is None else g)
+    return out
+
+
+def _reverse_sweep(cfg, needs_params, grid, save_steps, g, z, v, k_of_step):
+    """Shared reverse loop: ``k_of_step(n, z, v)`` gives step ``n``'s midpoint; returns adjoints and end state."""
+    preq = [p for p, need in zip(cfg.params, needs_params) if need]
+    acc = [None] * len(preq)
+    a_z, a_v = torch.zeros_like(z), torch.zeros_like(v)
+    saves = _save_map(save_steps)
+    n_steps = len(grid) - 1
+    for n in range(n_steps - 1, -1, -1):
+        for i in saves.get(n + 1, ()):
+            a_z = a_z + g[i]
+        s = float(grid[n])
+        h = float(grid[n + 1]) - s  # the same float64 expression the forward used
+        k = k_of_step(n, z, v, h)
+        a_z_new, a_v_new, grads, u = alf_step_vjp(cfg.func, preq, s, h, k, a_z, a_v, cfg.eta)
+        with torch.no_grad():
+            z, v = _inverse_from_u(z, v, u, k, h, cfg.eta)
+        a_z, a_v = a_z_new, a_v_new
+        for j, gj in enumerate(grads):
+            if gj is not None:
+                acc[j] = gj if acc[j] is None else acc[j] + gj
+    _add_stats(cfg.stats, bwd=2 * n_steps)
+    if not bool(torch.isfinite(a_z).all() and torch.isfinite(a_v).all()):
+        raise SolverFailure("diverged", "ALF backward: the adjoint became non-finite.")
+    return a_z, a_v, acc, z, v
+
+
+def _drift(rec: torch.Tensor, ref: torch.Tensor, end: torch.Tensor) -> float:
+    denom = max(_rms(ref), _rms(end), torch.finfo(ref.dtype).tiny)
+    return _rms(rec - ref) / denom
+
+
+# --------------------------------------------------------------------------------------------- Functions
+
+
+class _MALIFunction(torch.autograd.Function):
+    """Forward: ALF under no_grad, keep the end state only. Backward: inverse steps + one-step VJPs."""
+
+    @staticmethod
+    def forward(ctx, cfg, z0, v0, *params):
+        counter = _Counter()
+        try:
+            traj = march(cfg.func, z0, v0, cfg.times, cfg.eta, cfg.step, counter)
+        finally:
+            _add_stats(cfg.stats, fwd=counter.nfe_forward, acc=counter.accepted, rej=counter.rejected)
+        ctx.cfg = cfg
+        ctx.grid = traj.grid  # float64 NumPy: the only thing that grows with the number of steps
+        ctx.save_steps = traj.save_steps
+        ctx.save_for_backward(z0, v0, traj.z, traj.v)
+        # structural memory hook (see mali_saved_summary)
+        ctx.saved_bytes = sum(x.numel() * x.element_size() for x in (z0, v0, traj.z, traj.v))
+        return torch.stack(traj.saves)
+
+    @staticmethod
+    def backward(ctx, g):
+        cfg = ctx.cfg
+        z0, v0, z, v = ctx.saved_tensors
+        grid = ctx.grid
+        n_steps = len(grid) - 1
+
+        def k_of_step(n, z, v, h):
+            return z - (0.5 * h) * v
+
+        a_z, a_v, acc, z_rec, v_rec = _reverse_sweep(
+            cfg, ctx.needs_input_grad[3:], grid, ctx.save_steps, g, z, v, k_of_step
+        )
+        drift = max(_drift(z_rec, z0, z), _drift(v_rec, v0, v))
+        limit = max(cfg.reconstruction_rtol, n_steps * torch.finfo(z0.dtype).eps)
+        if not drift <= limit:
+            raise SolverFailure(
+                "reconstruction_error",
+                f"MALI: reconstructed initial state drifted by {drift:.3g} (RMS-relative) after {n_steps} inverse "
+                f"steps, above reconstruction_rtol={cfg.reconstruction_rtol:g} (eta={cfg.eta:g}); the gradient "
+                f"would be wrong. Undamped ALF is unstable on decaying modes and damped ALF (eta < 1) amplifies "
+                f"errors in reverse: use a shorter horizon, Direct() or Checkpointed().",
+            )
+        return (None, a_z, a_v, *_param_grads(cfg.params, ctx.needs_input_grad[3:], acc))
+
+
+class _CheckpointFunction(torch.autograd.Function):
+    """ACA-style: the forward stores every step's midpoint ``k``; the backward re-evaluates ``f`` there + VJP."""
+
+    @staticmethod
+    def forward(ctx, cfg, z0, v0, *params):
+        counter = _Counter()
+        ks = []
+        try:
+            traj = march(cfg.func, z0, v0, cfg.times, cfg.eta, cfg.step, counter, visit=lambda n, k: ks.append(k))
+        finally:
+            _add_stats(cfg.stats, fwd=counter.nfe_forward, acc=counter.accepted, rej=counter.rejected)
+        ctx.cfg = cfg
+        ctx.grid = traj.grid
+        ctx.save_steps = traj.save_steps
+        ctx.save_for_backward(traj.z, traj.v, *ks)
+        return torch.stack(traj.saves)
+
+    @staticmethod
+    def backward(ctx, g):
+        cfg = ctx.cfg
+        z, v, *ks = ctx.saved_tensors
+
+        def k_of_step(n, z, v, h):
+            return ks[n]
+
+        needs = ctx.needs_input_grad[3:]
+        a_z, a_v, acc, _, _ = _reverse_sweep(cfg, needs, ctx.grid, ctx.save_steps, g, z, v, k_of_step)
+        return (None, a_z, a_v, *_param_grads(cfg.params, ctx.needs_input_grad[3:], acc))
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
+    """Backend of :func:`~._alf.odeint_alf` after validation (``len(times) >= 2``)."""
+    needs_grad = torch.is_grad_enabled() and (
+        y0.requires_grad or t.requires_grad or any(p.requires_grad for p in params)
+    )
+    time_grad = needs_grad and t.requires_grad
+    cfg = _Config(func=func, times=times, params=params, eta=eta, step=step, stats=stats)
+    if isinstance(sensitivity, MALI):
+        cfg.reconstruction_rtol = sensitivity.reconstruction_rtol
+
+    z0 = _StartTime.apply(t, y0, cfg) if time_grad else y0
+    # v0 = f(t0, z0) with autograd on: the gradient reaching v0 flows through f into z0 and the params.
+    v0 = func(_time(times[0], y0), z0)
+    _add_stats(stats, fwd=1)
+    if not isinstance(v0, torch.Tensor) or v0.shape != y0.shape or v0.dtype != y0.dtype:
+        raise InvalidInputError(
+            f"`func(t, y)` must return a tensor like `y0` (shape {tuple(y0.shape)}, {y0.dtype}); got "
+            f"{getattr(v0, 'shape', type(v0).__name__)}, {getattr(v0, 'dtype', '')}."
+        )
+    cfg.f0 = v0.detach()
+    if needs_grad and v0.requires_grad and stats is not None:
+        v0 = _CountVJP.apply(v0, stats)
+
+    if not needs_grad or isinstance(sensitivity, Direct):
+        counter = _Counter()
+        f = _counted(func, stats) if needs_grad else func
+        try:
+            traj = march(f, z0, v0, times, eta, step, counter)
+        finally:
+            _add_stats(stats, fwd=counter.nfe_forward, acc=counter.accepted, rej=counter.rejected)
+        ys = torch.stack(traj.saves)
+    else:
+        fn = _MALIFunction if isinstance(sensitivity, MALI) else _CheckpointFunction
+        ys = fn.apply(cfg, z0, v0, *params)
+    if time_grad:
+        ys = _SaveTimes.apply(t, ys, cfg)
+    return torch.cat([y0.unsqueeze(0), ys])
+
+
+def mali_saved_summary(ys: torch.Tensor) -> dict | None:
+    """What the MALI Function behind ``ys`` (an :func:`odeint_alf` output) keeps for the backward pass.
+
+    Returns ``{'n_tensors', 'tensor_bytes', 'n_steps', 'grid_bytes'}`` (tensors saved with ``save_for_backward``
+    and the float64 step grid), or ``None`` if ``ys`` was not produced through MALI. A structural check that only
+    the grid grows with the number of steps.
+    """
+    seen, stack = set(), [ys.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_MALIFunctionBackward":
+            saved = node.saved_tensors
+            return {
+                "n_tensors": len(saved),
+                "tensor_bytes": sum(x.numel() * x.element_size() for x in saved),
+                "n_steps": len(node.grid) - 1,
+                "grid_bytes": node.grid.nbytes,
+            }
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return None
