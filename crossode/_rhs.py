@@ -183,12 +183,10 @@ class SymbolicRHS(AbstractRHS):
             self.n_states, len(self.params)
         )
 
-    def linear_structure(self):
-        """If ``f = A(p) y`` (linear, homogeneous, autonomous), return ``(A_fn, dA_fn)``, else ``None``.
-
-        ``A_fn(p)`` gives ``A`` of shape ``(n, n)``; ``dA_fn(p)`` gives ``dA/dp`` of shape ``(n, n, n_params)``.
-        Used by the reference for its closed form (matrix exponential).
-        """
+    @functools.cached_property
+    def linear_matrix(self) -> sympy.Matrix | None:
+        """``A(p)`` as a SymPy matrix over the parameter symbols if ``f = A(p) y`` (linear, homogeneous,
+        autonomous), else ``None``. Backends may evaluate such fields as a matrix product."""
         if self.time_dependent:
             return None
         y = self.state_symbols
@@ -197,6 +195,17 @@ class SymbolicRHS(AbstractRHS):
         if any(entry.has(*y) for entry in a):
             return None
         if any(sympy.expand(e) != 0 for e in (m - a * sympy.Matrix(y))):
+            return None
+        return a
+
+    def linear_structure(self):
+        """If :attr:`linear_matrix` exists, NumPy ``(A_fn, dA_fn)``, else ``None``.
+
+        ``A_fn(p)`` gives ``A`` of shape ``(n, n)``; ``dA_fn(p)`` gives ``dA/dp`` of shape ``(n, n, n_params)``.
+        Used by the reference for its closed form (matrix exponential).
+        """
+        a = self.linear_matrix
+        if a is None:
             return None
         ps = self.param_symbols
         n, k = self.n_states, len(ps)

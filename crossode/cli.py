@@ -234,7 +234,7 @@ def cmd_compare(args) -> int:
         pairs, defaults = list(DEFAULT_CELLS), True
     if args.dt is not None and (args.rtol is not None or args.atol is not None):
         raise InvalidInputError("give --dt (fixed step) or --rtol/--atol (adaptive), not both.")
-    cells = []
+    cells, invalid = [], []
     for s_name, g_name in pairs:
         solver, sens = solver_from_name(s_name), sensitivity_from_name(g_name)
         if args.dt is not None:
@@ -246,12 +246,19 @@ def cmd_compare(args) -> int:
                 if defaults:
                     continue
                 raise InvalidInputError(f"solver {s_name!r} has no error estimate; pass --dt for fixed steps.")
-        if not defaults:
-            check_pair(solver, sens)  # raises UnsupportedError -> exit 2
+        try:
+            check_pair(solver, sens)
+        except UnsupportedError as e:
+            invalid.append(e)  # a product of comma lists may contain pairs that make no sense: skip, say so
+            continue
         for b in usable:
             cells.append((b, solver, sens, step))
+    if invalid and not cells:
+        raise invalid[0]
     if not cells:
         raise InvalidInputError("nothing to run: no available backend for the requested cells.")
+    for e in invalid:
+        print(f"skipped: {e}", file=sys.stderr)
     records = []
     out_fh = open(args.out, "a") if args.out else None
     try:

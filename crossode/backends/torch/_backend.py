@@ -26,7 +26,7 @@ from ..._sensitivity import (
 )
 from ..._solvers import ALF, AbstractImplicitSolver, AbstractSolver, AbstractStepControl, Adaptive, Fixed
 from ..._tableaux import TABLEAUX
-from ._field import make_field
+from ._field import make_field_and_params
 from ._forward import MAX_FORWARD_ENTRIES
 from ._solve import SolveSpec, solve
 from .odeint import check_config, odeint
@@ -127,7 +127,7 @@ class _TorchPrepared(Prepared):
 
     def _run(self, y0: torch.Tensor, p: torch.Tensor, stats: Stats, sensitivity=None) -> torch.Tensor:
         """Saved states ``(len(saveat), n)``; the solve always runs from ``t0`` to ``t1``."""
-        f = make_field(self.problem, p)
+        f, params = make_field_and_params(self.problem, p)
         t0, t1 = self.problem.tspan
         if isinstance(self.solver, ALF):
             # odeint's convention: outputs at every t, t[0] = t0 and t[-1] = t1; drop the extra rows.
@@ -136,10 +136,10 @@ class _TorchPrepared(Prepared):
             if ts[-1] != t1:
                 ts = [*ts, t1]
             ys = odeint(f, y0, ts, solver=self.solver, sensitivity=self.sensitivity, step=self.step,
-                        params=(p,), stats=stats)
+                        params=params, stats=stats)
             return ys[lo : lo + len(self._saveat)]
         # Explicit RK: save exactly at `saveat`, so no backward work is spent after the last save time.
-        spec = SolveSpec(f, TABLEAUX[type(self.solver)], self.step, t0, t1, self._saveat, (p,), stats)
+        spec = SolveSpec(f, TABLEAUX[type(self.solver)], self.step, t0, t1, self._saveat, params, stats)
         return solve(spec, y0, sensitivity or self.sensitivity)
 
     def solve(self) -> SolveOutput:
