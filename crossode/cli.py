@@ -295,7 +295,7 @@ def cmd_julia_setup(args) -> int:
         from .backends.julia._setup import setup
     except ImportError as e:
         return _usage_error(f"the Julia backend needs juliacall: pip install 'crossode[julia]' ({e})")
-    return setup()
+    return setup(cuda=args.cuda)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
     sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
-    sub.add_parser("julia-setup", help="install Julia + packages via juliapkg and precompile").set_defaults(
-        func=cmd_julia_setup)
+    js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
+    js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
+    js.set_defaults(func=cmd_julia_setup)
     return p
 
 
