@@ -87,8 +87,9 @@ class Direct(AbstractSensitivity):
 class Checkpointed(AbstractSensitivity):
     """Discrete gradient that stores accepted states (or ``checkpoints`` of them) and recomputes steps backwards.
 
-    ``checkpoints=None``: every accepted step (ACA in PyTorch; enough checkpoints for every step in Diffrax);
-    an integer bounds the stored states (Diffrax binomial checkpointing). Julia maps this to
+    PyTorch: every accepted state is stored (ACA; only ``checkpoints=None``). JAX: Diffrax binomial checkpointing
+    with ``checkpoints`` stored states; ``None`` means Diffrax's own default,
+    ``floor(-1.5 + sqrt(2*max_steps + 0.25)) + 1`` (bounded, independent of the steps taken). Julia maps this to
     ``InterpolatingAdjoint(checkpointing=true)``, a continuous adjoint with checkpoints at the saved times.
     """
 

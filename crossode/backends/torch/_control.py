@@ -22,6 +22,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ... import _stepping as hairer
+
 from ..._record import SolverFailure
 
 __all__ = ["rms_norm", "initial_step", "StepController", "min_step_size"]
@@ -65,17 +67,10 @@ def initial_step(
             return float(torch.sqrt(torch.mean(torch.square(x / (atol + rtol * y.abs())))))
 
     with torch.no_grad():
-        d0 = norm(y0, y0)
         d1 = norm(f0, y0)
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        h0 = hairer.first_guess(norm(y0, y0), d1)
         f1 = f(t0 + direction * h0, y0 + (direction * h0) * f0)
-        d2 = norm(f1 - f0, y0) / h0
-        max_d = max(d1, d2)
-        if not math.isfinite(max_d):
-            # The probe left the domain of f: fall back to the cautious first guess.
-            return h0
-        h1 = max(1e-6, h0 * 1e-3) if max_d <= 1e-15 else (0.01 / max_d) ** (1.0 / order)
-        return min(100.0 * h0, h1)
+        return hairer.refine(h0, d1, norm(f1 - f0, y0) / h0, order)
 
 
 def min_step_size(t0: float, t1: float) -> float:

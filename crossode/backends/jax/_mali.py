@@ -1,0 +1,84 @@
+"""MALI in JAX: a ``jax.custom_vjp`` around the ALF loop with constant-memory reverse reconstruction.
+
+Forward (``lax.while_loop``, no autodiff residuals): one evaluation of ``f`` per step (accepted or rejected).
+Stored for the backward pass: the end state ``(z_N, v_N)``, the accepted step times (a ``max_steps + 1``-sized
+float64 buffer for adaptive steps, the fixed grid itself for fixed steps), the accepted-step index of each save,
+and ``(z0, v0)`` for the drift check. No intermediate states.
+
+Backward (``lax.while_loop`` over the accepted steps in reverse): per step one inverse ALF step (1 evaluation)
+to reconstruct ``(z_k, v_k)``, then ``jax.vjp`` of one forward step at the reconstructed input (1 evaluation +
+1 VJP); the cotangent of each saved state is injected into the ``z``-adjoint when the sweep reaches its step.
+The gradient through ``v0 = f(t0, z0)`` is ordinary autodiff outside the custom VJP.
+
+Status reporting from inside a VJP: the custom VJP takes a dummy input ``probe`` (zeros, length 2) that does not
+affect the output; its "cotangent" carries ``[relative reconstruction drift, backward evaluations]`` to the host.
+The drift is ``||(z0_rec, v0_rec) - (z0, v0)|| / ||(z0, v0)||``; above ``MALI.reconstruction_rtol`` the backend
+raises status ``reconstruction_error``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._alf import ALFConfig, alf_inverse, alf_loop, alf_step
+
+__all__ = ["make_mali_solve"]
+
+
+def make_mali_solve(f, cfg: ALFConfig):
+    """``solve(z0, v0, p, probe) -> (ys, info)`` with MALI's VJP; ``info = [code, n_acc, n_rej]`` (float64)."""
+    eta = cfg.eta
+
+    def _forward(z0, v0, p):
+        r = alf_loop(f, cfg, z0, v0, p, kind="lax", record_times=True)
+        info = jnp.stack([r.code, r.n_acc, r.n_rej]).astype(z0.dtype)
+        return r, info
+
+    @jax.custom_vjp
+    def solve(z0, v0, p, probe):
+        r, info = _forward(z0, v0, p)
+        return r.ys, info
+
+    def fwd(z0, v0, p, probe):
+        r, info = _forward(z0, v0, p)
+        res = (r.z, r.v, r.ts, r.save_steps, r.n_acc, p, z0, v0)
+        return (r.ys, info), res
+
+    def bwd(res, cts):
+        zN, vN, ts, save_steps, n_acc, p, z0, v0 = res
+        ys_bar, _ = cts
+        n_save = ys_bar.shape[0]
+        dtype = zN.dtype
+
+        def inject(k, j, az):
+            hit = (j >= 0) & (save_steps[jnp.maximum(j, 0)] == k)
+            az = az + jnp.where(hit, ys_bar[jnp.maximum(j, 0)], 0.0)
+            return jnp.where(hit, j - 1, j), az
+
+        j0, az0 = inject(n_acc, jnp.asarray(n_save - 1, jnp.int32), jnp.zeros_like(zN))
+        init = (n_acc, zN, vN, az0, jnp.zeros_like(vN), jnp.zeros_like(p), j0)
+
+        def cond(c):
+            return c[0] > 0
+
+        def body(c):
+            k, z, v, az, av, ap, j = c
+            s, s1 = ts[k - 1], ts[k]
+            h = s1 - s
+            zp, vp = alf_inverse(f, s, h, z, v, p, eta)
+            _, vjp = jax.vjp(lambda z_, v_, p_: alf_step(f, s, h, z_, v_, p_, eta)[:2], zp, vp, p)
+            az, av, dp = vjp((az, av))
+            k = k - 1
+            j, az = inject(k, j, az)
+            return k, zp, vp, az, av, ap + dp, j
+
+        _, z0r, v0r, az, av, ap, _ = jax.lax.while_loop(cond, body, init)
+        ref = jnp.sqrt(jnp.sum(z0 * z0) + jnp.sum(v0 * v0))
+        diff = jnp.sqrt(jnp.sum((z0r - z0) ** 2) + jnp.sum((v0r - v0) ** 2))
+        drift = jnp.where(ref > 0, diff / jnp.where(ref > 0, ref, 1.0), diff)
+        probe_bar = jnp.stack([drift, 2.0 * n_acc.astype(dtype)])
+        return az, av, ap, probe_bar
+
+    solve.defvjp(fwd, bwd)
+    return solve
