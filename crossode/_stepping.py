@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["first_guess", "refine"]
+import numpy as np
+
+__all__ = ["first_guess", "refine", "error_order", "initial_step"]
 
 
 def first_guess(d0: float, d1: float) -> float:
@@ -33,3 +35,43 @@ def refine(h0: float, d1: float, d2: float, order: int) -> float:
         return h0
     h1 = max(1e-6, h0 * 1e-3) if max_d <= 1e-15 else (0.01 / max_d) ** (1.0 / order)
     return min(100.0 * h0, h1)
+
+
+def error_order(solver) -> int:
+    """Order ``q`` of a solver's embedded error estimate (the controller exponent is ``-1/q``)."""
+    from ._solvers import ALF
+    from ._tableaux import TABLEAUX
+
+    if isinstance(solver, ALF):
+        return 2  # err = h (u - v) is O(h^2); see crossode/backends/torch/_alf.py
+    tab = TABLEAUX.get(type(solver))
+    if tab is not None and tab.error_order is not None:
+        return tab.error_order
+    return solver.order
+
+
+def initial_step(problem, order: int, rtol: float, atol: float, f0: np.ndarray | None = None) -> tuple[float, int]:
+    """Hairer's initial step for ``problem`` in NumPy (``problem.rhs.f``), for backends that take ``dt0`` as input.
+
+    RMS norms scaled by ``atol + rtol*|y0|``; the result is clipped to ``|t1 - t0|``. Returns
+    ``(h, evaluations)``: 2 evaluations, or 1 when ``f0 = f(t0, y0)`` is given.
+    """
+    t0, t1 = problem.tspan
+    span = abs(t1 - t0)
+    direction = 1.0 if t1 > t0 else -1.0
+    y0, p = np.asarray(problem.y0, dtype=np.float64), np.asarray(problem.params, dtype=np.float64)
+    n_eval = 0
+    if f0 is None:
+        f0 = problem.rhs.f(t0, y0, p)
+        n_eval += 1
+    scale = atol + rtol * np.abs(y0)
+
+    def rms(x):
+        return float(np.sqrt(np.mean(np.square(x))))
+
+    d1 = rms(f0 / scale)
+    h0 = min(first_guess(rms(y0 / scale), d1), span)
+    with np.errstate(all="ignore"):
+        f1 = problem.rhs.f(t0 + direction * h0, y0 + (direction * h0) * f0, p)
+    n_eval += 1
+    return min(refine(h0, d1, rms((f1 - f0) / scale) / h0, order), span), n_eval

@@ -126,6 +126,22 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
     return out
 
 
+def support_matrix_markdown(matrix=None) -> str:
+    """The support matrix as a markdown table: one row per solver, one column per sensitivity, each cell the
+    backends that support the pair (from their own ``supports()``). The README embeds exactly this text; a test
+    keeps the two equal."""
+    matrix = support_matrix() if matrix is None else matrix
+    backends = list(matrix)
+    lines = ["| solver | " + " | ".join(SENSITIVITIES) + " |", "|---|" + "---|" * len(SENSITIVITIES)]
+    for s_name in SOLVERS:
+        cells = []
+        for g_name in SENSITIVITIES:
+            ok = [b for b in backends if matrix[b].get((s_name, g_name)) is None]
+            cells.append(", ".join(ok) if ok else "-")
+        lines.append(f"| {s_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
     """Problems, solvers, sensitivities, and the backend support matrix."""
     from . import problems
@@ -140,16 +156,8 @@ def cmd_list(args) -> int:
     print("sensitivities:")
     for name, cls in SENSITIVITIES.items():
         print(f"  {name:15s} {cls.family.upper()}  {(cls.__doc__ or '').strip().splitlines()[0]}")
-    matrix = support_matrix()
-    print("support matrix (y = supported; '.' = not; cells checked with each backend's supports()):")
-    backends = list(matrix)
-    print("  " + " " * 30 + "  ".join(f"{b:>6s}" for b in backends))
-    for s_name in SOLVERS:
-        for g_name in SENSITIVITIES:
-            marks = ["y" if matrix[b].get((s_name, g_name)) is None else "." for b in backends]
-            if all(m == "." for m in marks):
-                continue
-            print(f"  {s_name + ' + ' + g_name:30s}" + "  ".join(f"{m:>6s}" for m in marks))
+    print("support matrix (each cell: the backends whose supports() accepts the pair on a CPU, float64):")
+    print(support_matrix_markdown())
     return 0
 
 

@@ -176,40 +176,8 @@ NFE_RULES: dict[type, tuple[int, int, int]] = {
 """Explicit-RK NFE rule per descriptor (see the module docstring); implicit solvers are counted instead."""
 
 
-def _error_order(solver: AbstractSolver) -> int:
-    from ..._tableaux import TABLEAUX
-
-    tab = TABLEAUX.get(type(solver))
-    if tab is not None and tab.error_order is not None:
-        return tab.error_order
-    return solver.order
-
-
-def initial_step(problem, error_order: int, rtol: float, atol: float, f0: np.ndarray | None = None) -> tuple[float, int]:
-    """Hairer's initial step (Hairer, Norsett & Wanner, *Solving ODEs I*, II.4), in NumPy with ``problem.rhs.f``.
-
-    The formula of :mod:`crossode._stepping` (shared with the PyTorch backend) with RMS norms scaled by
-    ``atol + rtol|y0|``, clipped to ``|t1 - t0|``. Returns ``(h, evaluations)`` (2, or 1 when ``f0`` is given).
-    """
-    t0, t1 = problem.tspan
-    span = abs(t1 - t0)
-    direction = 1.0 if t1 > t0 else -1.0
-    y0, p = np.asarray(problem.y0, dtype=np.float64), np.asarray(problem.params, dtype=np.float64)
-    n_eval = 0
-    if f0 is None:
-        f0 = problem.rhs.f(t0, y0, p)
-        n_eval += 1
-    scale = atol + rtol * np.abs(y0)
-
-    def rms(x):
-        return float(np.sqrt(np.mean(np.square(x))))
-
-    d1 = rms(f0 / scale)
-    h0 = min(hairer.first_guess(rms(y0 / scale), d1), span)
-    with np.errstate(all="ignore"):
-        f1 = problem.rhs.f(t0 + direction * h0, y0 + (direction * h0) * f0, p)
-    n_eval += 1
-    return min(hairer.refine(h0, d1, rms((f1 - f0) / scale) / h0, error_order), span), n_eval
+_error_order = hairer.error_order
+initial_step = hairer.initial_step  # re-exported: the neutral NumPy implementation shared with the Julia backend
 
 
 def default_checkpoints(max_steps: int) -> int:

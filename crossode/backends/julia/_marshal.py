@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._stepping import error_order, initial_step
 from ..._problem import Problem
 from ..._record import STATUSES, GradientOutput, SolveOutput, SolverFailure, Stats
 from ..._rhs import MLPRHS, SymbolicRHS
@@ -352,7 +353,8 @@ def build_call(
         adaptive, tstops, abstol, reltol = False, np.ascontiguousarray(grid, dtype=np.float64), None, None
         quad_abstol, quad_reltol = FIXED_QUAD_TOLERANCES
     else:
-        dt = step.dt0
+        # Same first step as the other backends (crossode's Hairer estimate) unless the user gave one.
+        dt = step.dt0 if step.dt0 is not None else initial_step(problem, error_order(solver), step.rtol, step.atol)[0]
         adaptive, tstops, abstol, reltol = True, None, step.atol, step.rtol
         quad_abstol, quad_reltol = step.atol, step.rtol
     weights = None

@@ -265,7 +265,11 @@ def test_adaptive_arguments():
     np.testing.assert_array_equal(kw["u0"], prob.y0)
     np.testing.assert_array_equal(kw["p"], prob.params)
     assert kw["u0"].dtype == np.float64 and kw["loss_kind"] == "sum_squares" and kw["weights"] is None
-    assert _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive()).build_kwargs()["dt"] is None
+    # dt0=None: the same Hairer first step the PyTorch and JAX backends take
+    from crossode._stepping import error_order, initial_step
+
+    auto = _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive()).build_kwargs()["dt"]
+    assert auto == initial_step(prob, error_order(Tsit5()), Adaptive().rtol, Adaptive().atol)[0] and auto > 0
     info = call.describe()
     assert info["julia_alg"] == "Tsit5()" and info["julia_rhs"] == "in-place"
     assert info["quad_abstol"] == 1e-9
