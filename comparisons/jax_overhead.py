@@ -30,6 +30,8 @@ import numpy as np  # noqa: E402
 
 import crossode as cx  # noqa: E402
 from crossode.backends.jax import DiffraxBackend  # noqa: E402  (enables float64)
+from crossode._stepping import error_order  # noqa: E402
+from crossode.backends.jax._control import make_landing_controller  # noqa: E402
 from crossode.backends.jax._field import make_vector_field  # noqa: E402
 from crossode.problems import get_problem  # noqa: E402
 
@@ -68,7 +70,7 @@ def mlp_field(shapes):
     return f
 
 
-def raw_grad_fn(problem, field, dsolver, step, adjoint, dt0, max_steps):
+def raw_grad_fn(problem, field, solver, dsolver, step, adjoint, dt0, max_steps):
     """The hand-written program a Diffrax user would write (same settings as crossode's cell)."""
     t0, t1 = problem.tspan
     saveat = diffrax.SaveAt(ts=jnp.asarray(problem.saveat))
@@ -76,7 +78,9 @@ def raw_grad_fn(problem, field, dsolver, step, adjoint, dt0, max_steps):
         controller = diffrax.StepTo(ts=jnp.asarray(cx.fixed_grid(t0, t1, step.dt, problem.saveat)))
         dt0 = None
     else:
-        controller = diffrax.PIDController(rtol=step.rtol, atol=step.atol)
+        # crossode's controller (PyTorch's step control as a Diffrax controller, landing on every save time): the
+        # same steps as the backend, so the timings compare the same work
+        controller = make_landing_controller(step.rtol, step.atol, t0, t1, problem.saveat, error_order(solver))
     term = diffrax.ODETerm(field)
 
     def loss(y0, p):
@@ -125,8 +129,8 @@ def main(repeats: int = 300, min_seconds: float = 3.0):
                 stepsize_controller=diffrax.PIDController(rtol=step.rtol, atol=step.atol,
                                                           norm=diffrax.adjoint_rms_seminorm))
         dt0 = prepared.dt0 if prepared.dt0 is not None else None
-        raw = raw_grad_fn(problem, field, dsolver, step, adjoint, dt0, max_steps)
-        raw_same = raw_grad_fn(problem, make_vector_field(problem), dsolver, step, adjoint, dt0, max_steps)
+        raw = raw_grad_fn(problem, field, solver, dsolver, step, adjoint, dt0, max_steps)
+        raw_same = raw_grad_fn(problem, make_vector_field(problem), solver, dsolver, step, adjoint, dt0, max_steps)
         y0, p = jnp.asarray(problem.y0), jnp.asarray(problem.params)
         t = time.perf_counter()
         jax.block_until_ready(raw(y0, p))

@@ -50,11 +50,14 @@ def error_order(solver) -> int:
     return solver.order
 
 
-def initial_step(problem, order: int, rtol: float, atol: float, f0: np.ndarray | None = None) -> tuple[float, int]:
+def initial_step(problem, order: int, rtol: float, atol: float, f0: np.ndarray | None = None, *,
+                 clip: bool = True) -> tuple[float, int]:
     """Hairer's initial step for ``problem`` in NumPy (``problem.rhs.f``), for backends that take ``dt0`` as input.
 
-    RMS norms scaled by ``atol + rtol*|y0|``; the result is clipped to ``|t1 - t0|``. Returns
-    ``(h, evaluations)``: 2 evaluations, or 1 when ``f0 = f(t0, y0)`` is given.
+    RMS norms scaled by ``atol + rtol*|y0|``; the probe point is ``t0 + h0`` with the unclipped first guess ``h0``
+    (as ``crossode/backends/torch/_control.py::initial_step``, so both backends start with the same step); the
+    result is clipped to ``|t1 - t0|`` when ``clip`` (PyTorch ALF clips, PyTorch RK lets the first step land on
+    the first stop instead). Returns ``(h, evaluations)``: 2 evaluations, or 1 when ``f0 = f(t0, y0)`` is given.
     """
     t0, t1 = problem.tspan
     span = abs(t1 - t0)
@@ -70,8 +73,9 @@ def initial_step(problem, order: int, rtol: float, atol: float, f0: np.ndarray |
         return float(np.sqrt(np.mean(np.square(x))))
 
     d1 = rms(f0 / scale)
-    h0 = min(first_guess(rms(y0 / scale), d1), span)
+    h0 = first_guess(rms(y0 / scale), d1)
     with np.errstate(all="ignore"):
         f1 = problem.rhs.f(t0 + direction * h0, y0 + (direction * h0) * f0, p)
     n_eval += 1
-    return min(refine(h0, d1, rms((f1 - f0) / scale) / h0, order), span), n_eval
+    h = refine(h0, d1, rms((f1 - f0) / scale) / h0, order)
+    return (min(h, span) if clip else h), n_eval

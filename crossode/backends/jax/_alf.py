@@ -9,18 +9,38 @@ and its closed-form inverse (Algorithm 3), one evaluation of ``f`` each. The mid
 ``s + h/2`` from the step's *start* time in both directions, so forward and inverse evaluate ``f`` at the same
 float64 time.
 
-Step control (adaptive) is the PyTorch backend's ALF controller, step for step: error estimate
-``err = h (u - v)`` (carried velocity against the midpoint slope: an order-1 estimate, exponent ``-1/2``), scale
-``atol + rtol * max(|z|, |z'|)``, RMS norm, accept when ``<= 1``; accepted: factor ``min(10, 0.9 err^(-1/2))``
-(10 if ``err == 0``; at most 1 right after a rejection), a step shortened to land on a stop does not shrink the
-proposal; rejected: factor ``max(0.2, 0.9 err^(-1/2))`` (0.2 for a non-finite estimate). The accepted trial is
-kept, so every attempt costs **one** evaluation. Steps are shortened to land exactly on every save time and on
-``t1`` (no interpolation, no uncontrolled final step). Step-size selection is ``stop_gradient``-ed, like
-Diffrax's controllers: gradients are those of the discrete map on the realised grid.
+Step control (adaptive) is the PyTorch backend's ALF controller (``crossode/backends/torch/_alf.py::
+_march_adaptive`` with ``_control.py::StepController``), step for step, so both backends realise the same grid
+(same accepted/rejected counts, checked in ``tests/test_cross_backend.py``). The step boundaries agree up to the
+last-bit differences of the two backends' evaluations of ``f`` (PyTorch kernels against XLA, which contracts
+``a*b + c`` into FMAs), amplified by the cancellation in ``u - v``: ~1e-12 relative over a few hundred steps,
+~1e-9 after 27k steps (``lotka_volterra``, rtol 1e-6). An accept/reject decision could only differ where an
+error norm ties with 1 at that level.
 
-Failure codes (``info[0]``): 0 ok; 1 ``max_steps`` (accepted + rejected attempts); 2 ``step_size_too_small``
-(``|h| < 1e-12 max(|t|, |t1 - t0|)`` before reaching the next stop, or 30 consecutive rejections); 3 ``diverged``
-(non-finite state on a fixed step, or 30 consecutive non-finite error estimates).
+- first step: ``Adaptive.dt0`` or Hairer's initial step with ``f0 = f(t0, z0)`` (PyTorch reuses ``v0``; here
+  :func:`crossode._stepping.initial_step` evaluates ``problem.rhs.f`` in NumPy at prepare time, equal up to
+  round-off amplified by the ``f1 - f0`` cancellation, ~1e-11) and order ``q = 2``, clipped to ``|t1 - t0|``;
+- error estimate ``err = h (u - v)`` (carried velocity against the midpoint slope, ``O(h^2)``: ``q = 2``,
+  exponent ``-1/2``), scale ``atol + rtol * max(|z|, |z'|)``, RMS over all elements, ``NaN`` if ``z'`` is not
+  finite; accept when ``<= 1``;
+- next step ``|h| * clip(0.9 err^(-1/2), 1, 10)`` after an accepted step (10 if ``err == 0``; never shrinks, no
+  special rule after a rejection) and ``|h| * clip(0.9 err^(-1/2), 0.2, 0.9)`` after a rejected one (0.2 for a
+  non-finite estimate), ``h`` being the step actually attempted;
+- steps are shortened to land exactly on every save time and on ``t1`` when the proposal reaches it (no
+  interpolation, no uncontrolled final step); after an accepted shortened step the next proposal is
+  ``max(controller proposal, proposal before shortening)``;
+- failures, checked in PyTorch's order: before an attempt, the step size has collapsed (``|h| < 1e-12 max(|t|,
+  |t1 - t0|)`` and the next stop is farther than ``|h|``), then the attempt budget is spent; after an accepted
+  step, the parasitic-mode detector (``|u - v| > 100 |u|`` in RMS while ``|h|`` is 100x below the largest accepted
+  step, 20 accepted steps in a row); after a rejection, 30 rejections in a row.
+
+The accepted trial is kept, so every attempt costs **one** evaluation. Step-size selection is
+``stop_gradient``-ed, like Diffrax's controllers: gradients are those of the discrete map on the realised grid.
+
+Failure codes (``info[0]``, statuses in :data:`FAIL_CODES`): 0 ok; 1 ``max_steps`` (accepted + rejected attempts);
+2 ``step_size_too_small`` (collapse before an attempt, or 30 consecutive rejections); 3 ``diverged`` (the same two
+conditions after a non-finite error estimate, as PyTorch's ``last_nonfinite``, or a non-finite state on a fixed
+step); 4 ``step_size_too_small`` from the parasitic-mode detector.
 
 Loop kinds: ``"lax"`` (forward solve, MALI forward, forward-mode AD), ``"checkpointed"`` (reverse-mode autodiff
 through the steps with Equinox's checkpointed while loop; ``checkpoints >= steps`` stores every step).
@@ -36,17 +56,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._control import propose, scaled_rms
+
 __all__ = ["ALFConfig", "alf_step", "alf_inverse", "alf_loop", "FAIL_CODES"]
 
-FAIL_CODES = {0: "ok", 1: "max_steps", 2: "step_size_too_small", 3: "diverged"}
+FAIL_CODES = {0: "ok", 1: "max_steps", 2: "step_size_too_small", 3: "diverged", 4: "step_size_too_small"}
 
-# Controller constants: identical to the PyTorch backend's ALF (crossode/backends/torch/_alf.py).
-ERROR_ORDER = 1
-SAFETY = 0.9
-FACTOR_MIN = 0.2
-FACTOR_MAX = 10.0
+# Controller constants: identical to the PyTorch backend's ALF (crossode/backends/torch/_alf.py); the factor
+# rule is _control.propose (PyTorch's StepController: safety 0.9, factors [1, 10] / [0.2, 0.9]).
+ERROR_ORDER = 2  # q of err = h (u - v); exponent -1/q
 MIN_STEP_REL = 1e-12
 MAX_CONSECUTIVE_REJECTIONS = 30
+PARASITIC_RATIO = 100.0
+COLLAPSE_RATIO = 100.0
+PARASITIC_STEPS = 20
 
 
 def alf_step(f, s, h, z, v, p, eta):
@@ -105,7 +128,10 @@ class _State(NamedTuple):
     n_steps: jax.Array
     n_acc: jax.Array
     n_rej: jax.Array
-    n_bad: jax.Array  # consecutive non-finite trials
+    n_run: jax.Array  # consecutive rejections
+    n_para: jax.Array  # consecutive accepted steps flagged by the parasitic-mode detector
+    h_max: jax.Array  # largest accepted step magnitude
+    last_nonfinite: jax.Array  # the last rejection had a non-finite error estimate (PyTorch's flag)
     code: jax.Array
     done: jax.Array
 
@@ -154,7 +180,8 @@ def alf_loop(f, cfg: ALFConfig, z0, v0, p, *, kind: str = "lax", checkpoints: in
         save_idx=jnp.asarray(save_idx0, jnp.int32),
         save_steps=save_steps,
         ts=jnp.full((ts_len + 1,), cfg.t0, dtype),
-        n_steps=zero_i, n_acc=zero_i, n_rej=zero_i, n_bad=zero_i, code=zero_i,
+        n_steps=zero_i, n_acc=zero_i, n_rej=zero_i, n_run=zero_i, n_para=zero_i,
+        h_max=jnp.asarray(0.0, dtype), last_nonfinite=jnp.asarray(False), code=zero_i,
         done=jnp.asarray(False),
     )
 
@@ -167,7 +194,7 @@ def alf_loop(f, cfg: ALFConfig, z0, v0, p, *, kind: str = "lax", checkpoints: in
     def body(s: _State):
         t = s.t
         if adaptive:
-            # the PyTorch backend's controller, step for step (crossode/backends/torch/_alf.py)
+            # the PyTorch backend's controller, step for step (crossode/backends/torch/_alf.py::_march_adaptive)
             stop = stops[jnp.minimum(s.save_idx, n_save)]  # pending save time, then t1
             remaining = jnp.abs(stop - t)
             h_min = MIN_STEP_REL * jnp.maximum(jnp.abs(t), span)
@@ -183,31 +210,37 @@ def alf_loop(f, cfg: ALFConfig, z0, v0, p, *, kind: str = "lax", checkpoints: in
         z1, v1, u = alf_step(f, t, h, s.z, s.v, p, eta)
         finite = jnp.all(jnp.isfinite(z1)) & jnp.all(jnp.isfinite(v1))
         if adaptive:
-            err_vec = jax.lax.stop_gradient(h * (u - s.v))
-            zs, z1s = jax.lax.stop_gradient(s.z), jax.lax.stop_gradient(z1)
-            scale = cfg.atol + cfg.rtol * jnp.maximum(jnp.abs(zs), jnp.abs(z1s))
-            en = jnp.sqrt(jnp.mean((err_vec / scale) ** 2)) + 0.0 * jnp.sum(z1s)  # NaN if z1 is not finite
+            d = jax.lax.stop_gradient(u - s.v)
+            en = scaled_rms(h * d, s.z, z1, cfg.rtol, cfg.atol)
+            d2, u2 = jnp.mean(d * d), jnp.mean(jnp.square(jax.lax.stop_gradient(u)))
+            rho = jnp.where(u2 > 0, jnp.sqrt(d2 / jnp.where(u2 > 0, u2, 1.0)), jnp.where(d2 == 0, 0.0, jnp.inf))
             accept = en <= 1.0
-            en_ok = jnp.isfinite(en)
-            raw = SAFETY * jnp.where(en > 0, en, 1.0) ** (-1.0 / (ERROR_ORDER + 1))
-            f_acc = jnp.where(en == 0, FACTOR_MAX, jnp.minimum(FACTOR_MAX, raw))
-            f_acc = jnp.where(s.n_bad > 0, jnp.minimum(f_acc, 1.0), f_acc)
-            f_rej = jnp.where(en_ok, jnp.maximum(FACTOR_MIN, raw), FACTOR_MIN)
             ah = jnp.abs(h)
-            h_acc = ah * f_acc
-            h_acc = jnp.where(landing & (ah < s.h), jnp.maximum(h_acc, s.h), h_acc)
-            h_next = jax.lax.stop_gradient(jnp.where(accept, h_acc, ah * f_rej))
-            n_bad = jnp.where(accept, 0, s.n_bad + 1)
-            code = jnp.where(n_bad >= MAX_CONSECUTIVE_REJECTIONS, jnp.where(en_ok, 2, 3), 0)
-            # failures detected before the attempt: no step is taken (state unchanged)
-            pre = jnp.where(collapsed, 2, jnp.where(out_of_steps, 1, 0))
+            h_new = propose(ah, en, accept, ERROR_ORDER)
+            # a step shortened to land on a stop says nothing against the proposal made before it
+            h_new = jnp.where(accept & landing & (ah < s.h), jnp.maximum(h_new, s.h), h_new)
+            h_next = jax.lax.stop_gradient(h_new)
+            h_max = jnp.where(accept, jnp.maximum(s.h_max, ah), s.h_max)
+            # parasitic-mode detector (PyTorch: see _march_adaptive): v dominated by ALF's parasitic root while
+            # the step is 100x below the largest accepted one
+            flagged = (rho > PARASITIC_RATIO) & (ah < h_max / COLLAPSE_RATIO)
+            n_para = jnp.where(accept, jnp.where(flagged, s.n_para + 1, 0), s.n_para)
+            n_run = jnp.where(accept, 0, s.n_run + 1)
+            last_nonfinite = jnp.where(accept, s.last_nonfinite, jnp.logical_not(jnp.isfinite(en)))
+            code = jnp.where(
+                accept,
+                jnp.where(n_para >= PARASITIC_STEPS, 4, 0),
+                jnp.where(n_run >= MAX_CONSECUTIVE_REJECTIONS, jnp.where(last_nonfinite, 3, 2), 0),
+            )
+            # failures detected before the attempt (collapse, then budget): no step is taken (state unchanged)
+            pre = jnp.where(collapsed, jnp.where(s.last_nonfinite, 3, 2), jnp.where(out_of_steps, 1, 0))
             accept = accept & (pre == 0)
             code = jnp.where(pre != 0, pre, code).astype(i32)
             attempted = (pre == 0).astype(i32)
         else:
             accept = jnp.asarray(True)
             h_next = s.h
-            n_bad = s.n_bad
+            n_run, n_para, h_max, last_nonfinite = s.n_run, s.n_para, s.h_max, s.last_nonfinite
             code = jnp.where(finite, 0, 3).astype(i32)
             attempted = jnp.asarray(1, i32)
         hit_save = accept & (s.save_idx < n_save) & (t_next == saveat[jnp.minimum(s.save_idx, n_save - 1)])
@@ -233,7 +266,10 @@ def alf_loop(f, cfg: ALFConfig, z0, v0, p, *, kind: str = "lax", checkpoints: in
             n_steps=s.n_steps + attempted,
             n_acc=n_acc,
             n_rej=s.n_rej + attempted - accept.astype(i32),
-            n_bad=n_bad,
+            n_run=n_run,
+            n_para=n_para,
+            h_max=h_max,
+            last_nonfinite=last_nonfinite,
             code=code,
             done=accept & (t_next == t1),
         )

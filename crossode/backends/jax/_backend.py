@@ -10,11 +10,16 @@ Euler ... Dopri8   ``diffrax.Euler/Heun/Midpoint/Bosh3/Dopri5/Tsit5/Dopri8``; RK
                    built from :data:`crossode._tableaux.RK4_TABLEAU` (fixed step only)
 ImplicitEuler,     ``diffrax.ImplicitEuler/Kvaerno5`` (default root finder: ``VeryChord`` with the controller's
 Kvaerno5           tolerances; with ``Fixed`` steps ``VeryChord(rtol=atol=1e-10)``)
-Adaptive           ``PIDController(rtol, atol)`` (I-controller, Diffrax defaults), explicit ``dt0`` (Hairer's
-                   algorithm in NumPy at prepare time when ``Adaptive.dt0 is None``), ``max_steps``
+Adaptive           :class:`._control.LandingController`: the PyTorch backend's I-controller as a Diffrax
+                   controller (same norm, exponent, factor limits and landing rule, so both backends take the same
+                   steps; it equals ``ClipStepSizeController(PIDController(rtol, atol, error_order=q),
+                   step_ts=saveat)`` except after a step shortened to land on a save time, see its docstring);
+                   explicit ``dt0`` (Hairer's algorithm in NumPy at prepare time when ``Adaptive.dt0 is None``,
+                   not clipped to the span, as PyTorch RK), ``max_steps``
 Fixed              ``StepTo(ts=fixed_grid(t0, t1, dt, saveat))``; ``max_steps`` = number of grid steps
-saveat             ``SaveAt(ts=problem.saveat)``: adaptive solves *interpolate* save times from the solver's dense
-                   output (they are not step ends); fixed solves step on every save time
+saveat             ``SaveAt(ts=problem.saveat)``; every save time is a step end (adaptive: the controller lands on
+                   it; fixed: it is on the grid), so the dense-output interpolation is evaluated at a step end and
+                   returns that step's solution (to round-off)
 Direct             ``RecursiveCheckpointAdjoint(checkpoints=max_steps)``: every step stored, no recomputation of
                    steps (the stages of a step are still recomputed once, Diffrax's ``scan_kind="checkpointed"``)
 Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default
@@ -28,6 +33,8 @@ ALF + MALI         :mod:`._mali` (``jax.custom_vjp``, constant memory)
 ALF + Direct       reverse-mode autodiff through the same ALF steps (Equinox checkpointed while loop with
                    ``checkpoints = max_steps``: every step stored); ALF + Checkpointed(c): ``c`` checkpoints
 ALF + Forward      ``jax.jacfwd`` through the ALF ``lax.while_loop``
+ALF steps          :mod:`._alf`: the PyTorch ALF controller step for step (first step ``min(Hairer, |t1 - t0|)``
+                   with ``f0 = v0``, landing on every save time)
 =================  ===========================================================================================
 
 Parameters travel as ONE flat float64 array (``args`` of the vector field), so ``dparams`` is in the neutral
@@ -111,6 +118,7 @@ from ..._solvers import (  # noqa: E402
     fixed_grid,
 )
 from ._alf import FAIL_CODES, ALFConfig, alf_loop  # noqa: E402
+from ._control import make_landing_controller  # noqa: E402
 from ._field import make_vector_field  # noqa: E402
 from ._mali import make_mali_solve  # noqa: E402
 
@@ -304,13 +312,16 @@ class _Prepared(Prepared):
             self.grid = None
             self.n_grid_steps = None
             self.max_steps = step.max_steps
+            # As the PyTorch backend: ALF clips the first step to |t1 - t0|; RK keeps the unclipped proposal
+            # (the first step lands on the first stop and the proposal survives the landing, see _control.py).
             if step.dt0 is not None:
-                self.dt0 = min(step.dt0, abs(self.t1 - self.t0))
+                self.dt0 = min(step.dt0, abs(self.t1 - self.t0)) if self.is_alf else step.dt0
             elif self.is_alf:
                 f0 = problem.rhs.f(self.t0, np.asarray(problem.y0), np.asarray(problem.params))
-                self.dt0, self.dt0_nfe = initial_step(problem, 2, step.rtol, step.atol, f0=f0)  # q = 1 + 1
+                self.dt0, self.dt0_nfe = initial_step(problem, 2, step.rtol, step.atol, f0=f0)  # q = 2
             else:
-                self.dt0, self.dt0_nfe = initial_step(problem, _error_order(solver), step.rtol, step.atol)
+                self.dt0, self.dt0_nfe = initial_step(problem, _error_order(solver), step.rtol, step.atol,
+                                                      clip=False)
 
         if self.is_alf:
             self._build_alf()
@@ -368,7 +379,8 @@ class _Prepared(Prepared):
             controller = diffrax.StepTo(ts=jnp.asarray(self.grid))
             dt0 = None
         else:
-            controller = diffrax.PIDController(rtol=step.rtol, atol=step.atol)
+            controller = make_landing_controller(step.rtol, step.atol, self.t0, self.t1, self.saveat,
+                                                 _error_order(solver))
             dt0 = self.dt0 if self.t1 > self.t0 else -self.dt0
         if isinstance(sens, Direct):
             self.checkpoints = self.max_steps
@@ -566,10 +578,13 @@ class _Prepared(Prepared):
         if self.is_alf:
             status = FAIL_CODES[code]
             msg = {
-                "max_steps": f"ALF: max_steps={self.max_steps} attempted steps before t1={self.t1}",
-                "step_size_too_small": "ALF: the step size collapsed (undamped ALF is unstable on decaying modes)",
-                "diverged": "ALF: the state became non-finite",
-            }[status]
+                1: f"ALF: max_steps={self.max_steps} attempted steps before t1={self.t1}",
+                2: "ALF: the step size collapsed (undamped ALF is unstable on decaying modes)",
+                3: "ALF: non-finite values (the state or the error estimate became non-finite)",
+                4: "ALF: the step size collapsed 100x below the largest accepted step while the carried velocity is "
+                   "dominated by ALF's parasitic mode (|u - v| > 100 |u|). Undamped ALF is unstable on decaying "
+                   "modes; use another solver or a shorter horizon.",
+            }[code]
             raise SolverFailure(status, msg)
         status, message = _decode_result(code)
         if status == "ok":

@@ -1,6 +1,8 @@
 """Adaptive step-size control shared by every PyTorch stepper (explicit RK here, ALF in ``_alf.py``).
 
-Conventions (the same as Diffrax's ``PIDController`` and torchdiffeq, so step sequences are comparable):
+Conventions (Diffrax's ``PIDController`` with its defaults, except that a step is accepted at ``norm <= 1`` rather
+than ``< 1`` and that a step shortened to land on a save time keeps the earlier, larger proposal; the JAX backend's
+``LandingController`` reproduces exactly this, so both backends take the same steps):
 
 - error norm: ``RMS(err / (atol + rtol * max(|y|, |y_new|)))`` over all elements; a step is accepted when the
   norm is ``<= 1`` and rejected when it is larger or not finite;

@@ -1,0 +1,161 @@
+"""PyTorch and JAX solve the same discretisation: same grids, same step counts, gradients equal to round-off.
+
+Both backends step on the same grid by construction (``crossode/backends/jax/_control.py`` is the PyTorch
+step controller as a Diffrax controller, ``crossode/backends/jax/_alf.py`` the PyTorch ALF controller): fixed
+grids are :func:`crossode.fixed_grid` everywhere, adaptive steps land on every save time in both backends. What
+still differs is the last bit of each vector-field evaluation (PyTorch kernels against XLA, which contracts
+``a*b + c`` into FMAs), so gradients agree to ~1e-13, not bitwise, and ALF's error estimate ``h (u - v)``, a
+difference of nearly equal slopes, turns those bits into ~1e-12..1e-9 relative differences of long adaptive ALF
+grids (accept/reject decisions are the same unless an error norm ties with 1 at that level).
+
+Every result is also checked against the independent reference (:func:`crossode.reference`) at the accuracy the
+step size or tolerance allows. JAX cells are compiled on first call only (``aot=False``, no counting programs).
+"""
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.torch, pytest.mark.jax]
+
+pytest.importorskip("torch")
+pytest.importorskip("jax")
+pytest.importorskip("diffrax")
+
+import crossode as co  # noqa: E402
+from crossode import ALF, MALI, RK4, Adaptive, Direct, Dopri5, Fixed, Tsit5  # noqa: E402
+from crossode.backends.jax._backend import DiffraxBackend  # noqa: E402
+
+JAX = DiffraxBackend(aot=False, count_nfe=False)
+
+PROBLEMS = {
+    "cubic_spiral": lambda: co.get_problem("cubic_spiral"),  # 29 save times
+    "cubic_spiral_short": lambda: co.get_problem("cubic_spiral", t1=0.5, n_save=6),
+    "lotka_volterra": lambda: co.get_problem("lotka_volterra"),  # 4 save times
+    "lotka_volterra_short": lambda: co.get_problem("lotka_volterra", t1=2.0),
+    "mlp": lambda: co.get_problem("mlp"),  # 2 save times
+}
+
+
+def _grad(g) -> np.ndarray:
+    return np.concatenate([g.dparams, g.dy0])
+
+
+def _rel(a, b) -> float:
+    a, b = _grad(a), _grad(b)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+
+
+def _both(name, solver, sensitivity, step):
+    problem = PROBLEMS[name]()
+    return problem, co.gradient(problem, "torch", solver, sensitivity, step), co.gradient(problem, JAX, solver,
+                                                                                          sensitivity, step)
+
+
+def _check_reference(problem, g, tol):
+    ref = co.reference(problem)
+    assert co.relative_error(_grad(g), ref.grad) < tol
+    assert abs(g.loss - ref.loss) < tol * abs(ref.loss)
+
+
+# (problem, solver, sensitivity, step, gradient agreement torch/JAX, reference tolerance)
+FIXED = [
+    ("cubic_spiral", RK4(), Direct(), Fixed(0.05), 1e-12, 5e-3),  # error ~ dt^4: 1.2e-3
+    ("lotka_volterra", Dopri5(), Direct(), Fixed(0.05), 1e-12, 1e-6),  # 1.0e-7
+    ("cubic_spiral", ALF(), MALI(), Fixed(0.01), 1e-12, 5e-3),  # error ~ dt^2: 1.5e-3
+    ("lotka_volterra", ALF(), MALI(), Fixed(0.01), 1e-10, 1e-3),  # 2.5e-4 (1000 steps: agreement 5e-12)
+    ("mlp", ALF(), MALI(), Fixed(0.01), 1e-12, 1e-5),  # 1.6e-6
+]
+
+
+@pytest.mark.parametrize("name, solver, sensitivity, step, agree, ref_tol", FIXED,
+                         ids=[f"{c[0]}-{c[1].name}" for c in FIXED])
+def test_fixed_steps_same_discretisation(name, solver, sensitivity, step, agree, ref_tol):
+    problem, t, j = _both(name, solver, sensitivity, step)
+    n = len(co.fixed_grid(*problem.tspan, step.dt, problem.saveat)) - 1
+    assert (t.stats.steps_accepted, t.stats.steps_rejected) == (j.stats.steps_accepted, j.stats.steps_rejected) \
+        == (n, 0)
+    assert _rel(t, j) < agree
+    assert abs(t.loss - j.loss) < agree * abs(t.loss)
+    _check_reference(problem, t, ref_tol)
+    _check_reference(problem, j, ref_tol)
+
+
+# Adaptive explicit RK (rtol 1e-6, atol 1e-8): both backends end steps on every save time with the same controller
+# (before: Diffrax interpolated the save times, cubic_spiral Dopri5 53/12 steps against PyTorch's 67/15).
+ADAPTIVE_RK = [
+    ("cubic_spiral", Dopri5(), (67, 15), 1e-4),  # reference error 1.2e-5
+    ("lotka_volterra", Dopri5(), (82, 22), 1e-4),  # 1.3e-5
+    ("lotka_volterra", Tsit5(), (92, 15), 1e-4),  # 3.1e-6
+    ("mlp", Tsit5(), (4, 0), 1e-6),  # 2.2e-9
+]
+
+
+@pytest.mark.parametrize("name, solver, counts, ref_tol", ADAPTIVE_RK,
+                         ids=[f"{c[0]}-{c[1].name}" for c in ADAPTIVE_RK])
+def test_adaptive_rk_same_grid(name, solver, counts, ref_tol):
+    problem, t, j = _both(name, solver, Direct(), Adaptive(rtol=1e-6, atol=1e-8, max_steps=4096))
+    assert (t.stats.steps_accepted, t.stats.steps_rejected) == counts
+    assert (j.stats.steps_accepted, j.stats.steps_rejected) == counts
+    assert _rel(t, j) < 1e-10
+    assert abs(t.loss - j.loss) < 1e-12 * abs(t.loss)
+    _check_reference(problem, t, ref_tol)
+    _check_reference(problem, j, ref_tol)
+
+
+# Adaptive ALF + MALI: the JAX loop is the PyTorch controller step for step.
+ADAPTIVE_ALF = [
+    ("cubic_spiral_short", 1e-5, 1e-3),
+    ("lotka_volterra_short", 1e-5, 1e-3),
+    ("mlp", 1e-6, 1e-5),
+]
+
+
+@pytest.mark.parametrize("name, rtol, ref_tol", ADAPTIVE_ALF, ids=[c[0] for c in ADAPTIVE_ALF])
+def test_adaptive_alf_mali_same_grid(name, rtol, ref_tol):
+    problem, t, j = _both(name, ALF(), MALI(), Adaptive(rtol=rtol, atol=rtol * 1e-2, max_steps=20_000))
+    assert t.stats.steps_accepted > 100
+    assert (t.stats.steps_accepted, t.stats.steps_rejected) == (j.stats.steps_accepted, j.stats.steps_rejected)
+    assert t.stats.nfe_forward == j.stats.nfe_forward
+    assert _rel(t, j) < 1e-10
+    assert abs(t.loss - j.loss) < 1e-10 * abs(t.loss)
+    _check_reference(problem, t, ref_tol)
+    _check_reference(problem, j, ref_tol)
+
+
+@pytest.mark.parametrize("name", ["cubic_spiral_short", "mlp"])
+def test_adaptive_alf_grids_agree(name):
+    """The accepted step boundaries themselves (forward march only, internal APIs)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from crossode._stepping import initial_step
+    from crossode.backends.jax._alf import ALFConfig, alf_loop
+    from crossode.backends.jax._field import make_vector_field
+    from crossode.backends.torch._alf import _Counter, march
+    from crossode.backends.torch._field import make_field_and_params
+
+    problem = PROBLEMS[name]()
+    step = Adaptive(rtol=1e-6, atol=1e-8)
+    t0, t1 = problem.tspan
+    times = [t0, *[float(s) for s in problem.saveat if s != t0]]
+    times = times if times[-1] == t1 else [*times, t1]
+    f, _ = make_field_and_params(problem, torch.tensor(problem.params, dtype=torch.float64))
+    y0 = torch.tensor(problem.y0, dtype=torch.float64)
+    with torch.no_grad():
+        grid_t = march(f, y0, f(torch.tensor(t0, dtype=torch.float64), y0), times, 1.0, step, _Counter()).grid
+
+    fj = make_vector_field(problem)
+    f0 = problem.rhs.f(t0, np.asarray(problem.y0), np.asarray(problem.params))
+    dt0, _ = initial_step(problem, 2, step.rtol, step.atol, f0=f0)
+    cfg = ALFConfig(t0, t1, np.asarray(problem.saveat, dtype=np.float64), rtol=step.rtol, atol=step.atol, dt0=dt0,
+                    max_steps=len(grid_t) + 1000)
+    r = jax.jit(lambda y, p: alf_loop(fj, cfg, y, fj(t0, y, p), p, record_times=True))(
+        jnp.asarray(problem.y0), jnp.asarray(problem.params))
+    grid_j = np.asarray(r.ts[: int(r.n_acc) + 1])
+    assert grid_j.shape == grid_t.shape
+    assert grid_j[-1] == grid_t[-1] == t1
+    for s in problem.saveat:  # save times are step boundaries, exactly
+        assert s in grid_j and s in grid_t
+    # first steps agree to the round-off of Hairer's initial step (NumPy vs PyTorch f), later ones drift slowly
+    assert np.max(np.abs(grid_j - grid_t)) < 1e-10 * (t1 - t0)
