@@ -1,0 +1,140 @@
+"""Sweep configs: expansion into cells, stable cell keys, strict validation (unknown keys name the key, exit 2)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from crossode import InvalidInputError
+from crossode.sweep import config_from_dict, load_config
+from crossode.sweep._config import build_problem
+
+
+def cells(data, **kw):
+    return config_from_dict(data, **kw).cells
+
+
+def test_product_and_dropped_pairs():
+    cfg = config_from_dict({
+        "backends": ["reference", "torch"],
+        "problems": ["exponential_decay", "lotka_volterra"],
+        "solvers": ["dopri5", "alf", "rk4"],
+        "sensitivities": ["direct", "mali"],
+        "rtol": [1e-3, 1e-6],
+    })
+    # dopri5+direct, alf+direct, alf+mali (rk4 has no error estimate; mali needs alf)
+    assert len(cfg.cells) == 2 * 2 * 3 * 2
+    assert any("rk4" in d for d in cfg.dropped) and any("dopri5+mali" in d for d in cfg.dropped)
+    assert {(c.solver["name"], c.sensitivity["name"]) for c in cfg.cells} == {
+        ("dopri5", "direct"), ("alf", "direct"), ("alf", "mali")}
+    assert len({c.key for c in cfg.cells}) == len(cfg.cells)
+
+
+def test_grids_scan_methods_fixed_steps_and_replicates():
+    cfg = config_from_dict({
+        "backends": ["reference"],
+        "repeats": 1,
+        "grid": [
+            {"problems": [{"name": "linear", "overrides": {"n": 3}, "scan": {"t1": [1, 4, 16]}}],
+             "methods": [["alf", "mali"], {"solver": "alf", "sensitivity": "direct", "solver_options": {"eta": 0.9}}],
+             "dt": [0.1], "replicates": 2},
+            {"problems": ["exponential_decay"], "methods": [["rk4", "direct"]], "dt": [0.1, 0.05]},
+        ],
+    })
+    first = [c for c in cfg.cells if c.problem_name == "linear"]
+    assert len(first) == 3 * 2 * 2
+    assert sorted({c.t1 for c in first}) == [1.0, 4.0, 16.0]
+    assert {c.replicate for c in first} == {0, 1}
+    assert {c.solver["options"]["eta"] for c in first} == {1.0, 0.9}
+    assert all(c.step == {"kind": "fixed", "dt": 0.1, "max_steps": 1_000_000} for c in first)
+    assert len([c for c in cfg.cells if c.problem_name == "exponential_decay"]) == 2
+    assert all(c.repeats == 1 for c in cfg.cells)  # top-level keys are every grid's defaults
+
+
+def test_atol_zip_default_and_mismatch():
+    cs = cells({"rtol": [1e-3, 1e-6], "atol": [1e-5, 1e-8], "problems": ["exponential_decay"]})
+    assert [(c.step["rtol"], c.step["atol"]) for c in cs] == [(1e-3, 1e-5), (1e-6, 1e-8)]
+    cs = cells({"rtol": [1e-4], "problems": ["exponential_decay"]})
+    assert cs[0].step["atol"] == 1e-4  # atol defaults to rtol
+    with pytest.raises(InvalidInputError, match="as long as `rtol`"):
+        cells({"rtol": [1e-3, 1e-6], "atol": [1, 2, 3], "problems": ["exponential_decay"]})
+
+
+def test_cell_key_is_stable_and_ignores_run_settings():
+    base = {"problems": [{"name": "linear", "overrides": {"t1": 4}}], "rtol": [1e-6]}
+    k = cells(base)[0].key
+    assert cells(base)[0].key == k
+    assert cells({**base, "problems": [{"name": "linear", "overrides": {"t1": 4.0}}]})[0].key == k
+    assert cells({**base, "repeats": 7, "timeout": 5, "threads": 2})[0].key == k
+    assert cells({**base, "rtol": [1e-7]})[0].key != k
+    assert cells({**base, "replicates": 2})[1].key != k
+    assert cells({**base, "problems": [{"name": "linear", "overrides": {"t1": 8}}]})[0].key != k
+    assert cells({**base, "solvers": ["tsit5"]})[0].key != k
+    assert cells({**base, "dtypes": ["float32"]})[0].key != k
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"problemz": ["linear"]}, "problemz"),
+    ({"grid": [{"rtoll": [1e-3]}]}, "rtoll"),
+    ({"problems": [{"name": "linear", "t1": 3}]}, "'t1'"),
+    ({"problems": [{"name": "linear", "overrides": {"width": 3}}]}, "does not accept"),
+    ({"problems": ["nope"]}, "Unknown problem"),
+    ({"backends": ["tensorflow"]}, "tensorflow"),
+    ({"solvers": ["rk45"]}, "Unknown solver"),
+    ({"methods": [["dopri5", "mali"]]}, "reversible solver"),
+    ({"methods": [{"solver": "alf", "sensitivity": "mali", "solver_option": {}}]}, "solver_option"),
+    ({"methods": [["rk4", "direct"]], "rtol": [1e-3]}, "no error estimate"),
+    ({"methods": [["alf", "mali"]], "solvers": ["alf"]}, "not both"),
+    ({"solvers": [{"name": "alf", "etta": 1.0}]}, "etta"),
+    ({"rtol": [-1.0]}, "rtol"),
+    ({"repeats": 0}, "repeats"),
+    ({"dtypes": ["float16"]}, "float16"),
+    ({"timeout": "1h"}, "timeout"),
+    ({"problems": [{"name": "linear", "scan": {"t1": 4}}]}, "scan.t1"),
+    ({"problems": [{"name": "linear", "overrides": {"t1": 4}, "scan": {"t1": [1]}}]}, "both"),
+])
+def test_strict_validation_names_the_key(data, match):
+    with pytest.raises(InvalidInputError, match=match):
+        config_from_dict({"problems": ["exponential_decay"], **data})
+
+
+def test_problem_file_overrides(tmp_path, write_config):
+    (tmp_path / "p.toml").write_text(
+        'states = ["y"]\nrhs = ["-k*y"]\ny0 = [1.0]\ntspan = [0.0, 2.0]\nsaveat = [1.0, 2.0]\n[params]\nk = 0.5\n')
+    path = write_config("""
+        output = "out.jsonl"
+        problems = [{ file = "p.toml", scan = { t1 = [2, 8] } }]
+    """)
+    cfg = load_config(path)
+    assert cfg.output == str(tmp_path / "out.jsonl")
+    assert [c.t1 for c in cfg.cells] == [2.0, 8.0]
+    p = build_problem(cfg.cells[1].problem)
+    np.testing.assert_allclose(p.saveat, [4.0, 8.0])  # saveat rescaled with t1
+    with pytest.raises(InvalidInputError, match="unknown override"):
+        config_from_dict({"problems": [{"file": str(tmp_path / "p.toml"), "overrides": {"k": 1}}]})
+
+
+def test_load_config_errors_name_the_file(tmp_path, write_config):
+    bad = write_config("problems = [\n")
+    with pytest.raises(InvalidInputError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_unknown_key_exits_2(write_config):
+    path = write_config('problems = ["exponential_decay"]\nbackendz = ["reference"]\n')
+    out = subprocess.run([sys.executable, "-m", "crossode", "compare", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "backendz" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_config_rejects_one_cell_flags(write_config):
+    from crossode.cli import main
+
+    path = write_config('problems = ["exponential_decay"]\n')
+    assert main(["compare", "--config", str(path), "--problem", "linear"]) == 2
+    assert main(["compare", "--resume"]) == 2
