@@ -23,7 +23,7 @@ import numpy as np
 
 from ._errors import BackendUnavailableError, CrossODEError, InvalidInputError, UnsupportedError
 from ._problem import Problem
-from ._record import GradientOutput, Record, SolveOutput, SolverFailure
+from ._record import INACCURATE_THRESHOLD, GradientOutput, Record, SolveOutput, SolverFailure
 from ._reference import reference, relative_error
 from ._registry import get_backend
 from ._sensitivity import AbstractSensitivity, Direct, check_pair
@@ -241,3 +241,11 @@ def _compare(rec: Record, problem: Problem, out: GradientOutput) -> None:
         rec.dt0_error = relative_error([out.dt0], [ref.dt0])
     if out.dt1 is not None:
         rec.dt1_error = relative_error([out.dt1], [ref.dt1])
+    # A finished solve can still produce a useless gradient (e.g. explicit steps hovering at the stability limit of a
+    # stiff problem: the forward is fine, its linearisation is not). Never let such a number pass as `ok`.
+    if not np.isfinite(rec.grad_error):
+        rec.status = "diverged"
+        rec.message = "the gradient is finite but so large that its error against the reference overflows"
+    elif rec.grad_error > INACCURATE_THRESHOLD:
+        rec.status = "inaccurate"
+        rec.message = f"gradient error {rec.grad_error:.3g} against the reference exceeds {INACCURATE_THRESHOLD:g}"

@@ -14,10 +14,12 @@ import numpy as np
 
 from ._errors import CrossODEError
 
-__all__ = ["STATUSES", "SolverFailure", "Stats", "SolveOutput", "GradientOutput", "Record"]
+__all__ = ["STATUSES", "INACCURATE_THRESHOLD", "SolverFailure", "Stats", "SolveOutput", "GradientOutput", "Record"]
 
 STATUSES: dict[str, str] = {
     "ok": "finished; every number in the record is valid",
+    "inaccurate": "finished, but the gradient is off by more than 100% (relative L2) from the independent reference; "
+    "its numbers are kept for inspection",
     "max_steps": "the solver used max_steps steps before reaching t1",
     "step_size_too_small": "the step size collapsed (adaptive controller could not meet the tolerance)",
     "diverged": "a state, loss or gradient became non-finite",
@@ -28,7 +30,10 @@ STATUSES: dict[str, str] = {
     "crashed": "an unexpected exception, or the worker process died (message has the tail of its error output)",
     "timeout": "the cell ran longer than its time limit",
 }
-"""Every status a record can carry, with its meaning. Only ``ok`` records carry numbers."""
+"""Every status a record can carry, with its meaning. Only ``ok`` and ``inaccurate`` records carry numbers."""
+
+INACCURATE_THRESHOLD = 1.0
+"""``grad_error`` above which a finished cell is marked ``inaccurate`` (the gradient is not even the right size)."""
 
 
 class SolverFailure(CrossODEError):

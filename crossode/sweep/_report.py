@@ -31,7 +31,10 @@ NOT_RUN = ("unsupported", "unavailable")
 BACKEND_STYLE = {"torch": ("-", "o"), "jax": ("--", "s"), "julia": (":", "D"), "reference": ("-.", "^")}
 STATUS_SHORT = {"max_steps": "max steps", "step_size_too_small": "dt→0", "diverged": "diverged",
                 "reconstruction_error": "recon.", "solver_error": "solver err", "crashed": "crashed",
-                "timeout": "timeout", "unsupported": "unsupp.", "unavailable": "unavail."}
+                "timeout": "timeout", "unsupported": "unsupp.", "unavailable": "unavail.",
+                "inaccurate": "inaccurate"}
+HAS_NUMBERS = ("ok", "inaccurate")
+"""Statuses whose records carry measurements (``inaccurate``: finished, gradient off by more than 100%)."""
 ERR_FLOOR = 1e-17
 ERR_CEIL = 10.0
 """Errors above this (1000 %, up to inf) are drawn at it with an up-triangle and their value, so that one exploded
@@ -75,7 +78,7 @@ def records_frame(records: Sequence[dict]):
             t1=tags.get("t1"), cell=tags.get("cell"), label=tags.get("label"), sweep=tags.get("sweep"),
             replicate=tags.get("replicate", 0), git_commit=tags.get("git_commit"), cpu=machine.get("cpu"),
             not_run=r.get("status") in NOT_RUN,
-            failed=r.get("status") != "ok" and r.get("status") not in NOT_RUN,
+            failed=r.get("status") not in HAS_NUMBERS and r.get("status") not in NOT_RUN,
         )
         rows.append(r)
     df = pd.DataFrame(rows)
@@ -166,7 +169,8 @@ def agreement_table(df):
         return pd.DataFrame()
     d = df.copy()
     d["value"] = d.apply(lambda r: _fmt_cell(r["grad_error"], "err") if r["status"] == "ok" else
-                         f"**{STATUS_SHORT.get(r['status'], r['status'])}**", axis=1)
+                         f"**{STATUS_SHORT.get(r['status'], r['status'])}**"
+                         + (f" {_fmt_cell(r['grad_error'], 'err')}" if r["status"] in HAS_NUMBERS else ""), axis=1)
     index = ["problem"] + (["t1"] if d.groupby("problem")["t1"].nunique().max() > 1 else []) + ["method", "step"]
     d["t1"] = d["t1"].map(lambda v: _fmt_cell(v))
     # replicates: first one (errors are deterministic; times are in the summary)
@@ -180,7 +184,7 @@ def nfe_table(df):
     """Forward/backward NFE and accepted/rejected steps per cell that finished."""
     import pandas as pd
 
-    ok = df[df["status"] == "ok"]
+    ok = df[df["status"].isin(HAS_NUMBERS)]
     return pd.DataFrame({
         "problem": ok["problem"], "t1": ok["t1"].map(_fmt_cell), "backend": ok["backend"], "method": ok["method"],
         "step": ok["step"], "NFE fwd": ok["nfe_forward"].map(lambda v: _fmt_cell(v, "int")),
@@ -225,7 +229,7 @@ def _facets(df, need_multi: str | None = None, max_panels: int = 12):
     keys = []
     for (problem, t1), g in df.groupby(["problem", "t1"], dropna=False, sort=False):
         if need_multi is not None:
-            ok = g[g["status"] == "ok"]
+            ok = g[g["status"].isin(HAS_NUMBERS)]
             if ok.empty or ok.groupby("series")[need_multi].nunique().max() < 2:
                 continue
         keys.append((problem, t1, g))
@@ -328,7 +332,7 @@ def _median_by(df, keys, cols):
 def fig_work_precision(df, path, styles) -> str | None:
     """Gradient error vs gradient time (log-log), a line per backend x method through its tolerances/steps."""
     plt = _plt()
-    ok_all = df[(df["status"] == "ok") & df["grad_error"].notna() & df["time_gradient_s"].notna()]
+    ok_all = df[(df["status"].isin(HAS_NUMBERS)) & df["grad_error"].notna() & df["time_gradient_s"].notna()]
     if ok_all.empty:
         return None
     facets, multi_t1 = _facets(df, need_multi="step")
@@ -336,7 +340,7 @@ def fig_work_precision(df, path, styles) -> str | None:
         facets, multi_t1 = _facets(df[~df["not_run"]])
     fig, axes = _grid(plt, len(facets))
     for ax, (problem, t1, g) in zip(axes, facets):
-        ok = g[(g["status"] == "ok") & g["grad_error"].notna() & g["time_gradient_s"].notna()]
+        ok = g[(g["status"].isin(HAS_NUMBERS)) & g["grad_error"].notna() & g["time_gradient_s"].notna()]
         med = _median_by(ok, ["backend", "method", "step", "rtol", "dt"], ["time_gradient_s", "grad_error"])
         for (b, m), s in med.groupby(["backend", "method"], sort=True):
             # connect tolerances (or steps) in order, loosest first, as work-precision diagrams do
@@ -369,7 +373,7 @@ def fig_error_vs(df, x: str, path, styles) -> str | None:
         return None
     fig, axes = _grid(plt, len(facets))
     for ax, (problem, t1, g) in zip(axes, facets):
-        ok = g[(g["status"] == "ok") & g["grad_error"].notna()]
+        ok = g[(g["status"].isin(HAS_NUMBERS)) & g["grad_error"].notna()]
         med = _median_by(ok, ["backend", "method", x], ["grad_error"])
         for (b, m), s in med.groupby(["backend", "method"], sort=True):
             s = s.sort_values(x)
@@ -399,7 +403,7 @@ def fig_memory_vs_length(df, path, styles) -> str | None:
     d = df[df["t1"].notna()]
     panels = []
     for (problem, step), g in d.groupby(["problem", "step"], sort=False):
-        ok = g[(g["status"] == "ok") & g["peak_memory_bytes"].notna()]
+        ok = g[(g["status"].isin(HAS_NUMBERS)) & g["peak_memory_bytes"].notna()]
         if not ok.empty and ok.groupby("series")["t1"].nunique().max() >= 2:
             panels.append((problem, step, g))
     if not panels:
@@ -407,7 +411,7 @@ def fig_memory_vs_length(df, path, styles) -> str | None:
     fig, axes = _grid(plt, len(panels[:12]))
     kinds = set()
     for ax, (problem, step, g) in zip(axes, panels):
-        ok = g[(g["status"] == "ok") & g["peak_memory_bytes"].notna()]
+        ok = g[(g["status"].isin(HAS_NUMBERS)) & g["peak_memory_bytes"].notna()]
         kinds |= set(ok["memory_kind"].dropna())
         med = _median_by(ok, ["backend", "method", "t1"], ["peak_memory_bytes"])
         for (b, m), s in med.groupby(["backend", "method"], sort=True):
