@@ -59,8 +59,8 @@ NFE (Diffrax reports steps only; these rules are checked against a counting vect
   is counted with one VJP (``2 x`` counted backward evaluations).
 - Forward mode: ``nfe_backward`` = JVPs = (``n_states + n_params`` tangents) x forward evaluations.
 - ALF/MALI: forward = attempted steps + 1 (``v0``) + 1 (automatic ``dt0``, reusing ``v0``); MALI backward =
-  3 per accepted step (inverse step, re-evaluation, VJP) + 1 (VJP of ``v0``); ALF + Direct backward = 2 per step
-  attempt (re-evaluation, VJP) + 1.
+  2 per accepted step (one evaluation at the step's midpoint, serving both the inverse step and the VJP, + that
+  VJP) + 1 (VJP of ``v0``); ALF + Direct backward = 2 per step attempt (re-evaluation, VJP) + 1.
 
 Timing: :meth:`prepare` lowers and compiles the gradient and solve programs ahead of time
 (``jax.jit(f).lower(...).compile()``); ``Prepared.compile_s`` is the gradient program's lower + compile time.
@@ -537,7 +537,7 @@ class _Prepared(Prepared):
             st.nfe_forward = fwd
             if gradient:
                 if isinstance(sens, MALI):
-                    st.nfe_backward = 3 * n_acc + 1
+                    st.nfe_backward = 2 * n_acc + 1
                 elif isinstance(sens, Forward):
                     st.nfe_backward = (num_steps + 1) * (self.problem.n_states + self.problem.n_params)
                 elif self.checkpoints is not None and num_steps <= self.checkpoints:

@@ -5,10 +5,12 @@ Stored for the backward pass: the end state ``(z_N, v_N)``, the accepted step ti
 float64 buffer for adaptive steps, the fixed grid itself for fixed steps), the accepted-step index of each save,
 and ``(z0, v0)`` for the drift check. No intermediate states.
 
-Backward (``lax.while_loop`` over the accepted steps in reverse): per step one inverse ALF step (1 evaluation)
-to reconstruct ``(z_k, v_k)``, then ``jax.vjp`` of one forward step at the reconstructed input (1 evaluation +
-1 VJP); the cotangent of each saved state is injected into the ``z``-adjoint when the sweep reaches its step.
-The gradient through ``v0 = f(t0, z0)`` is ordinary autodiff outside the custom VJP.
+Backward (``lax.while_loop`` over the accepted steps in reverse): per step ONE evaluation ``u = f(s + h/2, k)``
+at the step's midpoint ``k = z' - (h/2) v'``, made with ``jax.vjp`` of ``k -> f(s + h/2, k, p)``; its primal
+output gives the exact inverse step (``v = (v' - 2 eta u) / (1 - 2 eta)``, ``z = k - (h/2) v``) and its VJP the
+step's chain rule, written out by hand as in the PyTorch backend (``crossode/backends/torch/_mali.py``): 1
+evaluation + 1 VJP per step. The cotangent of each saved state is injected into the ``z``-adjoint when the sweep
+reaches its step. The gradient through ``v0 = f(t0, z0)`` is ordinary autodiff outside the custom VJP.
 
 Status reporting from inside a VJP: the custom VJP takes a dummy input ``probe`` (zeros, length 2) that does not
 affect the output; its "cotangent" carries ``[relative reconstruction drift, backward evaluations]`` to the host.
@@ -21,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._alf import ALFConfig, alf_inverse, alf_loop, alf_step
+from ._alf import ALFConfig, alf_loop
 
 __all__ = ["make_mali_solve"]
 
@@ -62,13 +64,25 @@ def make_mali_solve(f, cfg: ALFConfig):
         def cond(c):
             return c[0] > 0
 
+        two_eta, one_m = 2.0 * eta, 1.0 - 2.0 * eta
+
         def body(c):
             k, z, v, az, av, ap, j = c
             s, s1 = ts[k - 1], ts[k]
             h = s1 - s
-            zp, vp = alf_inverse(f, s, h, z, v, p, eta)
-            _, vjp = jax.vjp(lambda z_, v_, p_: alf_step(f, s, h, z_, v_, p_, eta)[:2], zp, vp, p)
-            az, av, dp = vjp((az, av))
+            half = 0.5 * h
+            # ONE evaluation of f, at the step's midpoint k = z' - (h/2) v' (the forward's k, up to round-off),
+            # with its VJP: u serves both the exact inverse and the chain rule of the step
+            kmid = z - half * v
+            u, vjp_u = jax.vjp(lambda k_, p_: f(s + half, k_, p_), kmid, p)
+            # inverse (Algorithm 3, as alf_inverse): v = (v' - 2 eta u) / (1 - 2 eta), z = k - (h/2) v
+            vp = (v - two_eta * u) / one_m
+            zp = kmid - half * vp
+            # VJP of z' = k + (h/2) v', v' = (1 - 2 eta) v + 2 eta u, u = f(k), k = z + (h/2) v
+            b = av + half * az  # total cotangent of v'
+            gk, dp = vjp_u(two_eta * b)
+            ak = az + gk
+            az, av = ak, one_m * b + half * ak
             k = k - 1
             j, az = inject(k, j, az)
             return k, zp, vp, az, av, ap + dp, j

@@ -80,15 +80,17 @@ def _time(s: float, like: torch.Tensor) -> torch.Tensor:
 
 def alf_step(func: Callable, s: float, h: float, z: torch.Tensor, v: torch.Tensor, eta: float):
     """One ALF step of size ``h`` from time ``s``; returns ``(z', v', u, k)`` (``u = f(s + h/2, k)``). 1 evaluation."""
-    k = z + (0.5 * h) * v
-    u = func(_time(s + 0.5 * h, z), k)
-    v1 = 2.0 * u - v if eta == 1.0 else v + (2.0 * eta) * (u - v)
-    z1 = k + (0.5 * h) * v1
+    c = 0.5 * h
+    k = z + c * v
+    u = func(_time(s + c, z), k)
+    # u + u == 2.0 * u bit for bit (and in autograd), but a tensor-tensor add is cheaper than a scalar multiply
+    v1 = (u + u) - v if eta == 1.0 else v + (2.0 * eta) * (u - v)
+    z1 = k + c * v1
     return z1, v1, u, k
 
 
 def _inverse_from_u(z1, v1, u, k, h: float, eta: float):
-    v = 2.0 * u - v1 if eta == 1.0 else (v1 - (2.0 * eta) * u) / (1.0 - 2.0 * eta)
+    v = (u + u) - v1 if eta == 1.0 else (v1 - (2.0 * eta) * u) / (1.0 - 2.0 * eta)
     z = k - (0.5 * h) * v
     return z, v
 
@@ -99,29 +101,53 @@ def alf_inverse(func: Callable, s: float, h: float, z1: torch.Tensor, v1: torch.
     Pass the step's start time ``s`` and the same float64 ``h`` (not ``s + h`` and ``h``): the midpoint time is
     then ``s + h/2`` bit for bit, as in the forward step.
     """
-    k = z1 - (0.5 * h) * v1
-    u = func(_time(s + 0.5 * h, z1), k)
+    c = 0.5 * h
+    k = z1 - c * v1
+    u = func(_time(s + c, z1), k)
     return _inverse_from_u(z1, v1, u, k, h, eta)
 
 
-def alf_step_vjp(func, params, s: float, h: float, k: torch.Tensor, a_z1, a_v1, eta: float):
+# The autograd engine behind torch.autograd.grad. Its Python wrapper (argument normalisation, shape checks through
+# symbolic-shape helpers, torch-function dispatch) costs ~40 us per call, as much as the whole VJP of a small f;
+# MALI and Checkpointed make one such call per step, on plain tensors, so they call the engine directly.
+_ENGINE = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+
+
+def _vjp_fast_ok(params) -> bool:
+    """Whether :func:`_vjp` may bypass ``torch.autograd.grad`` for these inputs (no ``__torch_function__``)."""
+    return _ENGINE is not None and not torch.overrides.has_torch_function(tuple(params))
+
+
+def _vjp(u: torch.Tensor, inputs: tuple, g: torch.Tensor, fast: bool):
+    """``torch.autograd.grad(u, inputs, g, allow_unused=True)``; ``fast``: call the engine directly."""
+    if fast and type(u) is torch.Tensor and type(g) is torch.Tensor and u.shape == g.shape:
+        return _ENGINE.run_backward((u,), (g,), False, False, inputs, True, False)
+    return torch.autograd.grad(u, inputs, g, allow_unused=True)
+
+
+def alf_step_vjp(func, params, s: float, h: float, k: torch.Tensor, a_z1, a_v1, eta: float, fast: bool = False):
     """Vector-Jacobian product of one ALF step, written around the single evaluation ``u = f(s + h/2, k)``.
 
     Given cotangents ``(a_z1, a_v1)`` of ``(z', v')`` returns ``(a_z, a_v, param_grads, u)``; ``u`` is the detached
     value of ``f`` at ``k`` (MALI reuses it for the inverse step, so a reverse step costs one evaluation and one
     VJP). ``params`` are the tensors ``func`` uses that need gradients; ``param_grads`` has ``None`` for unused ones.
     Chain rule of ``z' = k + (h/2) v'``, ``v' = (1 - 2 eta) v + 2 eta u``, ``k = z + (h/2) v``.
+    ``fast``: call the autograd engine directly (see :func:`_vjp_fast_ok`). MALI's reverse sweep
+    (``_mali._reverse_sweep``) inlines this function.
     """
-    b = a_v1 + (0.5 * h) * a_z1  # total cotangent of v'
+    c = 0.5 * h
+    b = a_v1 + c * a_z1  # total cotangent of v'
     with torch.enable_grad():
         kk = k.detach().requires_grad_(True)
-        u = func(_time(s + 0.5 * h, k), kk)
+        u = func(_time(s + c, k), kk)
         if u.requires_grad:
-            grads = torch.autograd.grad(u, (kk, *params), (2.0 * eta) * b, allow_unused=True)
+            # b + b == 2.0 * b bit for bit
+            grads = _vjp(u, (kk, *params), (b + b) if eta == 1.0 else (2.0 * eta) * b, fast)
         else:  # f depends on neither the state nor the params
             grads = (None,) * (1 + len(params))
     a_k = a_z1 if grads[0] is None else a_z1 + grads[0]
-    a_v = (1.0 - 2.0 * eta) * b + (0.5 * h) * a_k
+    # eta = 1: (1 - 2 eta) b + c a_k == c a_k - b bit for bit
+    a_v = c * a_k - b if eta == 1.0 else (1.0 - 2.0 * eta) * b + c * a_k
     return a_k, a_v, grads[1:], u.detach()
 
 
@@ -132,14 +158,42 @@ def _rms(x: torch.Tensor) -> float:
     return math.sqrt(float(torch.mean(torch.abs(x) ** 2)))
 
 
-def _norms(h, u, v, z, z1, rtol, atol) -> tuple[float, float]:
-    """Error norm of the estimate ``h (u - v)`` and the ratio ``rms(u - v) / rms(u)``, with one device sync."""
-    with torch.no_grad():
-        d = u - v
-        vals = torch.stack([rms_norm(h * d, z, z1, rtol, atol), d.square().mean(), u.square().mean()])
-        err, d2, u2 = vals.tolist()
+def _norms(h, u, v, z, z1, rtol, atol, az=None, cpu64=None):
+    """Error norm of the estimate ``h (u - v)``, the ratio ``rms(u - v) / rms(u)`` and ``|z1|``; one device sync.
+
+    The same numbers as ``rms_norm(h * (u - v), z, z1, rtol, atol)`` and the two means of squares computed
+    separately (bit for bit on CPU, single-threaded), from ONE stacked reduction: the rows ``(h (u - v) / scale,
+    u - v, u, z1)`` squared, summed (``mean = sum / n`` exactly on CPU) and read with one ``tolist``. The ``z1``
+    row stands in for ``rms_norm``'s ``+ 0 * sum(z1)`` (NaN when ``z1`` is not finite): a finite ``sum(z1^2)``
+    implies a finite ``sum(z1)``, and only when it is not is ``sum(z1)`` computed. ``az`` is ``|z|`` when the
+    caller has it (the accepted step's ``|z1|``); ``cpu64`` whether ``z`` is a non-empty float64 CPU tensor
+    (the caller's constant; asking a tensor for its device costs microseconds). Call under ``torch.no_grad()``.
+    """
+    if cpu64 is None:
+        cpu64 = _is_cpu64(z)
+    d = u - v
+    az1 = z1.abs()
+    scale = torch.maximum(z.abs() if az is None else az, az1).mul_(rtol).add_(atol)
+    st = torch.stack((torch.mul(d, h).div_(scale), d, u, z1)).square_()
+    if st.dim() != 2:
+        st = st.view(4, -1)
+    n = st.shape[1]
+    if cpu64:
+        e2, d2, u2, zsq = st.sum(1).tolist()
+        e = math.sqrt(e2 / n)
+        d2, u2 = d2 / n, u2 / n
+    else:  # float32/half: mean and sqrt in the state dtype (CUDA: one sync, same numbers up to reduction order)
+        m = st.mean(1)
+        m[:1].sqrt_()
+        e, d2, u2, zsq = m.tolist()
+    # sum(z1^2) finite => sum(z1) finite (and 0 * it = 0); otherwise recompute rms_norm's term exactly (rare)
+    err = e if math.isfinite(zsq) else e + 0.0 * float(z1.sum())
     rho = math.sqrt(d2 / u2) if u2 > 0 else (0.0 if d2 == 0 else math.inf)
-    return err, rho
+    return err, rho, az1
+
+
+def _is_cpu64(z: torch.Tensor) -> bool:
+    return z.dtype == torch.float64 and z.device.type == "cpu" and z.numel() > 0
 
 
 def _check_finite(z: torch.Tensor, s: float) -> None:
@@ -220,6 +274,9 @@ def _march_adaptive(func, z, v, times, eta, step: Adaptive, counter, visit) -> T
     consecutive = parasitic = 0
     last_nonfinite = False
     h_max = 0.0
+    grad_mode = torch.is_grad_enabled()  # Direct records the steps; the error norm never needs a graph
+    az = None  # |z|, carried over from the accepted step's |z1|
+    cpu64 = _is_cpu64(z)
     while target < len(times):
         t_next = times[target]
         remaining = abs(t_next - s)
@@ -237,7 +294,11 @@ def _march_adaptive(func, z, v, times, eta, step: Adaptive, counter, visit) -> T
         hh = s_new - s  # the exact float64 step both passes use
         z1, v1, u, k = alf_step(func, s, hh, z, v, eta)
         counter.nfe_forward += 1
-        err, rho = _norms(hh, u, v, z, z1, rtol, atol)
+        if grad_mode:
+            with torch.no_grad():
+                err, rho, az1 = _norms(hh, u, v, z, z1, rtol, atol, az, cpu64)
+        else:
+            err, rho, az1 = _norms(hh, u, v, z, z1, rtol, atol, az, cpu64)
         accept, h_next = control.propose(abs(hh), err)
         if accept:
             counter.accepted += 1
@@ -257,7 +318,7 @@ def _march_adaptive(func, z, v, times, eta, step: Adaptive, counter, visit) -> T
                 )
             if visit is not None:
                 visit(len(grid) - 1, k)
-            z, v, s = z1, v1, s_new
+            z, v, s, az = z1, v1, s_new, az1
             grid.append(s)
             if landing:
                 saves.append(z)
@@ -301,8 +362,8 @@ def _check_times(t: torch.Tensor) -> list[float]:
     times = t.detach().to(device="cpu", dtype=torch.float64).tolist()
     if not all(math.isfinite(x) for x in times):
         raise InvalidInputError(f"`t` must be finite; got {times}.")
-    d = np.diff(times)
-    if len(d) and not (np.all(d > 0) or np.all(d < 0)):
+    pairs = list(zip(times, times[1:]))
+    if pairs and not (all(b > a for a, b in pairs) or all(b < a for a, b in pairs)):
         raise InvalidInputError("`t` must be strictly increasing or strictly decreasing.")
     return times
 

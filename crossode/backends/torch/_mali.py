@@ -19,6 +19,7 @@ parasitic growth of undamped ALF on decaying modes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from ..._errors import InvalidInputError
 from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, Direct
-from ._alf import _add_stats, _Counter, _inverse_from_u, _rms, _time, alf_step_vjp, march
+from ._alf import _add_stats, _Counter, _rms, _time, _vjp, _vjp_fast_ok, march
 
 __all__ = ["solve", "mali_saved_summary"]
 
@@ -133,35 +134,113 @@ def _param_grads(params, needs, acc):
     return out
 
 
-def _reverse_sweep(cfg, needs_params, grid, save_steps, g, z, v, k_of_step):
-    """Shared reverse loop: ``k_of_step(n, z, v)`` gives step ``n``'s midpoint; returns adjoints and end state."""
+_MID_BLOCK = 256  # steps whose midpoint-time tensors the reverse sweep creates at once
+
+
+def _reverse_sweep(cfg, needs_params, grid, save_steps, g, z, v, ks=None):
+    """Shared reverse loop over the steps; returns adjoints and the reconstructed start state.
+
+    Per step: ``u = f(s + h/2, k)`` once with a graph at the step's midpoint ``k`` (MALI: ``k = z' - (h/2) v'``
+    from the reconstructed end state; Checkpointed: the stored ``ks[n]``), the step's VJP through it
+    (:func:`~._alf.alf_step_vjp`, inlined here) and, MALI only, the exact inverse from the same ``u``.
+    Runs with grad mode on throughout (only ``u`` gets a graph: everything else is built from tensors that do
+    not require grad) and calls the autograd engine directly (``_alf._vjp``).
+    """
     preq = [p for p, need in zip(cfg.params, needs_params) if need]
     acc = [None] * len(preq)
     a_z, a_v = torch.zeros_like(z), torch.zeros_like(v)
     saves = _save_map(save_steps)
     n_steps = len(grid) - 1
-    for n in range(n_steps - 1, -1, -1):
-        for i in saves.get(n + 1, ()):
-            a_z = a_z + g[i]
-        s = float(grid[n])
-        h = float(grid[n + 1]) - s  # the same float64 expression the forward used
-        k = k_of_step(n, z, v, h)
-        a_z_new, a_v_new, grads, u = alf_step_vjp(cfg.func, preq, s, h, k, a_z, a_v, cfg.eta)
-        with torch.no_grad():
-            z, v = _inverse_from_u(z, v, u, k, h, cfg.eta)
-        a_z, a_v = a_z_new, a_v_new
-        for j, gj in enumerate(grads):
-            if gj is not None:
-                acc[j] = gj if acc[j] is None else acc[j] + gj
+    func, eta = cfg.func, cfg.eta
+    fast = _vjp_fast_ok(preq)
+    acc_all = False  # every accumulator exists: later steps add with one _foreach_add_
+
+    def all_used(grads):
+        return all(x is not None for x in grads[1:])
+
+    unit = eta == 1.0
+    two_eta, one_m = 2.0 * eta, 1.0 - 2.0 * eta
+    grid = grid.tolist()  # Python floats: the same float64 values, cheaper to index
+    device = z.device
+    block, mids = -1, ()
+    with torch.enable_grad():
+        for n in range(n_steps - 1, -1, -1):
+            if n // _MID_BLOCK != block:
+                # the midpoint times s + h/2 (the forward's float64 expression) of a block of steps as 0-d
+                # tensors made in one go: cheaper than one torch.full per step, memory bounded by the block
+                block = n // _MID_BLOCK
+                lo, hi = block * _MID_BLOCK, min((block + 1) * _MID_BLOCK, n_steps)
+                mids = torch.tensor([grid[i] + 0.5 * (grid[i + 1] - grid[i]) for i in range(lo, hi)],
+                                    dtype=torch.float64, device=device).unbind()
+            for i in saves.get(n + 1, ()):
+                a_z = a_z + g[i]
+            s = grid[n]
+            h = grid[n + 1] - s  # the same float64 expression the forward used
+            c = 0.5 * h
+            if ks is None:
+                k = z - c * v  # a fresh tensor without history: it can be made a leaf in place
+                kk = k.requires_grad_(True)
+            else:
+                k = ks[n]
+                kk = k.detach().requires_grad_(True)
+            b = a_v + c * a_z  # total cotangent of v'
+            u = func(mids[n - lo], kk)
+            if u.requires_grad:
+                # b + b == 2.0 * b bit for bit
+                grads = _vjp(u, (kk, *preq), (b + b) if unit else two_eta * b, fast)
+            else:  # f depends on neither the state nor the params
+                grads = (None,) * (1 + len(preq))
+            a_z = a_z if grads[0] is None else a_z + grads[0]
+            # eta = 1: (1 - 2 eta) b + c a_k == c a_k - b bit for bit
+            a_v = c * a_z - b if unit else one_m * b + c * a_z
+            if ks is None:  # exact inverse step from the same u
+                u = u.detach()
+                k = k.detach()
+                v = (u + u) - v if unit else (v - two_eta * u) / one_m
+                z = k - c * v
+            if acc_all and all_used(grads):
+                torch._foreach_add_(acc, grads[1:])  # one call for every parameter (bit for bit `acc[j] += g`)
+                continue
+            for j in range(len(acc)):
+                gj = grads[j + 1]
+                if gj is not None:
+                    if acc[j] is None:
+                        acc[j] = gj.clone()  # owned: the engine may hand back an alias of the step's cotangent
+                    else:
+                        acc[j].add_(gj)
+            acc_all = len(acc) > 0 and all(a is not None for a in acc)
     _add_stats(cfg.stats, bwd=2 * n_steps)
+    return a_z, a_v, acc, z, v
+
+
+def _check_adjoint(a_z: torch.Tensor, a_v: torch.Tensor) -> None:
     if not bool(torch.isfinite(a_z).all() and torch.isfinite(a_v).all()):
         raise SolverFailure("diverged", "ALF backward: the adjoint became non-finite.")
-    return a_z, a_v, acc, z, v
 
 
 def _drift(rec: torch.Tensor, ref: torch.Tensor, end: torch.Tensor) -> float:
     denom = max(_rms(ref), _rms(end), torch.finfo(ref.dtype).tiny)
     return _rms(rec - ref) / denom
+
+
+def _drift_and_check(z_rec, z0, z, v_rec, v0, v, a_z, a_v) -> float:
+    """``max(_drift(z_rec, z0, z), _drift(v_rec, v0, v))`` and :func:`_check_adjoint`, with one device sync.
+
+    The eight mean squares come from one stacked reduction (``_rms`` squares ``|x|``, i.e. ``x * x``; the means
+    are the same numbers on CPU). A finite mean square of an adjoint implies finite entries; only when one is not
+    finite does the exact ``isfinite`` check run.
+    """
+    with torch.no_grad():
+        rows = (z_rec - z0, z0, z, v_rec - v0, v0, v, a_z, a_v)
+        if not all(r.shape == z0.shape and r.dtype == z0.dtype for r in rows):
+            _check_adjoint(a_z, a_v)
+            return max(_drift(z_rec, z0, z), _drift(v_rec, v0, v))
+        m = torch.stack(rows).square_().view(len(rows), -1).mean(1).tolist()
+    if not (math.isfinite(m[6]) and math.isfinite(m[7])):
+        _check_adjoint(a_z, a_v)
+    tiny = torch.finfo(z0.dtype).tiny
+    r = [math.sqrt(x) for x in m[:6]]
+    return max(r[0] / max(r[1], r[2], tiny), r[3] / max(r[4], r[5], tiny))
 
 
 # --------------------------------------------------------------------------------------------- Functions
@@ -192,13 +271,10 @@ class _MALIFunction(torch.autograd.Function):
         grid = ctx.grid
         n_steps = len(grid) - 1
 
-        def k_of_step(n, z, v, h):
-            return z - (0.5 * h) * v
-
-        a_z, a_v, acc, z_rec, v_rec = _reverse_sweep(
-            cfg, ctx.needs_input_grad[3:], grid, ctx.save_steps, g, z, v, k_of_step
-        )
-        drift = max(_drift(z_rec, z0, z), _drift(v_rec, v0, v))
+        a_z, a_v, acc, z_rec, v_rec = _reverse_sweep(cfg, ctx.needs_input_grad[3:], grid, ctx.save_steps, g, z, v)
+        if ctx.needs_input_grad[2]:  # autograd now backpropagates a_v through v0 = f(t0, z0): one VJP
+            _add_stats(cfg.stats, bwd=1)
+        drift = _drift_and_check(z_rec, z0, z, v_rec, v0, v, a_z, a_v)
         limit = max(cfg.reconstruction_rtol, n_steps * torch.finfo(z0.dtype).eps)
         if not drift <= limit:
             raise SolverFailure(
@@ -233,11 +309,11 @@ class _CheckpointFunction(torch.autograd.Function):
         cfg = ctx.cfg
         z, v, *ks = ctx.saved_tensors
 
-        def k_of_step(n, z, v, h):
-            return ks[n]
-
         needs = ctx.needs_input_grad[3:]
-        a_z, a_v, acc, _, _ = _reverse_sweep(cfg, needs, ctx.grid, ctx.save_steps, g, z, v, k_of_step)
+        a_z, a_v, acc, _, _ = _reverse_sweep(cfg, needs, ctx.grid, ctx.save_steps, g, z, v, ks)
+        _check_adjoint(a_z, a_v)
+        if ctx.needs_input_grad[2]:  # the VJP of v0 = f(t0, z0) that autograd runs next
+            _add_stats(cfg.stats, bwd=1)
         return (None, a_z, a_v, *_param_grads(cfg.params, ctx.needs_input_grad[3:], acc))
 
 
@@ -264,8 +340,8 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
             f"{getattr(v0, 'shape', type(v0).__name__)}, {getattr(v0, 'dtype', '')}."
         )
     cfg.f0 = v0.detach()
-    if needs_grad and v0.requires_grad and stats is not None:
-        v0 = _CountVJP.apply(v0, stats)
+    if needs_grad and v0.requires_grad and stats is not None and isinstance(sensitivity, Direct):
+        v0 = _CountVJP.apply(v0, stats)  # MALI and Checkpointed count this VJP in their backward
 
     if not needs_grad or isinstance(sensitivity, Direct):
         counter = _Counter()
