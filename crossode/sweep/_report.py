@@ -469,10 +469,15 @@ def fig_nfe(df, path, styles) -> str | None:
                                               [1.0]])))
         for i, (_, r) in enumerate(g.iterrows()):
             st = styles(r["backend"], r["method"])
-            if r["status"] != "ok":
-                ax.text(i, top * 0.05, STATUS_SHORT.get(r["status"], r["status"]), rotation=90, ha="center",
-                        va="bottom", fontsize=7, color="firebrick")
+            # x in data coordinates, y as a fraction of the axes: labels stay inside whatever the bar heights
+            label_at = ax.get_xaxis_transform()
+            if r["status"] not in HAS_NUMBERS:
+                ax.text(i, 0.03, STATUS_SHORT.get(r["status"], r["status"]), rotation=90, ha="center",
+                        va="bottom", fontsize=7, color="firebrick", transform=label_at)
                 continue
+            if r["status"] != "ok":  # finished with numbers (e.g. inaccurate): draw the bars, flag the status
+                ax.text(i, 0.97, STATUS_SHORT.get(r["status"], r["status"]), rotation=90, ha="center",
+                        va="top", fontsize=7, color="firebrick", transform=label_at)
             f, b = r["nfe_forward"], r["nfe_backward"]
             if f == f:
                 ax.bar(i - 0.2, f, width=0.4, color=st["color"], edgecolor="black", linewidth=0.4)
@@ -480,10 +485,12 @@ def fig_nfe(df, path, styles) -> str | None:
                 ax.bar(i + 0.2, b, width=0.4, color=st["color"], alpha=0.55, hatch="///", edgecolor="black",
                        linewidth=0.4)
             if f != f and b != b:
-                ax.text(i, top * 0.05, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+                ax.text(i, 0.03, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4",
+                        transform=label_at)
         ax.set_xticks(x, [f"{r['backend']}\n{r['method']}" for _, r in g.iterrows()], rotation=35, ha="right",
                       fontsize=7, rotation_mode="anchor")
         ax.set_xlim(-0.6, len(g) - 0.4)
+        ax.set_ylim(0, top * 1.08)
         ax.set_ylabel("function evaluations")
         ax.set_title(f"{problem} ({step}" + (f", t1={t1:g})" if t1 is not None else ")"))
         ax.grid(axis="x", visible=False)
@@ -493,7 +500,7 @@ def fig_nfe(df, path, styles) -> str | None:
                                                                  edgecolor="black")],
                ["forward NFE", "backward NFE"], loc="lower center", ncol=2, frameon=False)
     fig.suptitle("Function evaluations per gradient (forward | backward)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.5)  # rotated tick labels need room above the next row
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import sympy
 
 from ..._rhs import MLPRHS, SymbolicRHS
@@ -56,7 +57,19 @@ def make_vector_field(problem) -> Callable:
     n = rhs.n_states
     if isinstance(rhs, SymbolicRHS) and rhs.linear_matrix is not None:
         # f = A(p) y: one matrix product instead of n*n scalar products (XLA does not re-fuse them well).
-        entries = sympy.lambdify((rhs.param_symbols,), list(rhs.linear_matrix), modules=[JNP_NAMESPACE, "math"])
+        flat = list(rhs.linear_matrix)
+        pos = {sym: i for i, sym in enumerate(rhs.param_symbols)}
+        if all(e in pos or e.is_number for e in flat):
+            # Every entry is one parameter or a constant (e.g. the zoo's `linear`): A is one gather from p.
+            idx = np.array([pos.get(e, 0) for e in flat]).reshape(n, n)
+            is_param = np.array([e in pos for e in flat]).reshape(n, n)
+            const = np.array([0.0 if e in pos else float(e) for e in flat]).reshape(n, n)
+
+            def f_gather(t, y, p):
+                return jnp.where(is_param, p[idx], const).astype(y.dtype) @ y
+
+            return f_gather
+        entries = sympy.lambdify((rhs.param_symbols,), flat, modules=[JNP_NAMESPACE, "math"])
         n_p = len(rhs.param_names)
 
         def f_linear(t, y, p):
