@@ -188,6 +188,23 @@ _error_order = hairer.error_order
 initial_step = hairer.initial_step  # re-exported: the neutral NumPy implementation shared with the Julia backend
 
 
+def _gradient_of(loss_fn, *, forward: bool):
+    """``(y0, p) -> (loss, dparams, dy0, info)`` from ``loss_fn(y0, p) -> (loss, (loss, info))``.
+
+    The loss doubles as auxiliary output so forward mode (``jax.jacfwd``, for ``Forward``) can return it; every
+    other sensitivity uses reverse mode.
+    """
+    if forward:
+        def grad_fn(y0, p):
+            (dy0, dp), (loss, info) = jax.jacfwd(loss_fn, argnums=(0, 1), has_aux=True)(y0, p)
+            return loss, dp, dy0, info
+    else:
+        def grad_fn(y0, p):
+            (loss, (_, info)), (dy0, dp) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(y0, p)
+            return loss, dp, dy0, info
+    return grad_fn
+
+
 def default_checkpoints(max_steps: int) -> int:
     """Diffrax/Equinox's default number of RCA checkpoints for ``max_steps`` (stated explicitly by crossode)."""
     return int(math.floor(-1.5 + math.sqrt(2 * max_steps + 0.25))) + 1
@@ -423,14 +440,7 @@ class _Prepared(Prepared):
         def solve_fn(y0, p):
             return run(y0, p)
 
-        if isinstance(self.sensitivity, Forward):
-            def grad_fn(y0, p):
-                (dy0, dp), (loss, info) = jax.jacfwd(loss_fn, argnums=(0, 1), has_aux=True)(y0, p)
-                return loss, dp, dy0, info
-        else:
-            def grad_fn(y0, p):
-                (loss, (_, info)), (dy0, dp) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(y0, p)
-                return loss, dp, dy0, info
+        grad_fn = _gradient_of(loss_fn, forward=isinstance(self.sensitivity, Forward))
 
         if counting is not None:
             return solve_fn, grad_fn
@@ -488,14 +498,7 @@ class _Prepared(Prepared):
                 loss = self._loss(r.ys)
                 return loss, (loss, info_of(r))
 
-            if isinstance(sens, Forward):
-                def grad_fn(y0, p):
-                    (dy0, dp), (loss, info) = jax.jacfwd(loss_fn, argnums=(0, 1), has_aux=True)(y0, p)
-                    return loss, dp, dy0, info
-            else:
-                def grad_fn(y0, p):
-                    (loss, (_, info)), (dy0, dp) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(y0, p)
-                    return loss, dp, dy0, info
+            grad_fn = _gradient_of(loss_fn, forward=isinstance(sens, Forward))
 
         if counting is not None:
             return solve_fn, grad_fn
