@@ -37,7 +37,7 @@ from ._errors import InvalidInputError
 from ._problem import Loss, Problem
 from ._rhs import MLPRHS, SymbolicRHS
 
-__all__ = ["load_problem_file", "problem_from_dict"]
+__all__ = ["load_problem_file", "problem_from_dict", "read_toml"]
 
 MAX_BYTES = 1_000_000
 _TOP = {"name", "description", "states", "rhs", "y0", "tspan", "saveat", "stiff", "params", "mlp", "loss"}
@@ -45,21 +45,27 @@ _MLP = {"widths", "activation", "seed", "scale", "weights", "biases"}
 _LOSS = {"kind", "weights"}
 
 
-def load_problem_file(path: str | os.PathLike) -> Problem:
-    """Read a TOML problem file; raises :class:`InvalidInputError` naming the file and the bad entry."""
+def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
+    """Parse a TOML file of at most ``MAX_BYTES``; every failure is an :class:`InvalidInputError` naming ``what``."""
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
         if size > MAX_BYTES:
-            raise InvalidInputError(f"problem file {path!r} is {size} bytes; at most {MAX_BYTES} are allowed.")
+            raise InvalidInputError(f"{what} {path!r} is {size} bytes; at most {MAX_BYTES} are allowed.")
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise InvalidInputError(f"problem file {path!r} does not exist.") from None
+        raise InvalidInputError(f"{what} {path!r} does not exist.") from None
     except IsADirectoryError:
-        raise InvalidInputError(f"problem file {path!r} is a directory.") from None
+        raise InvalidInputError(f"{what} {path!r} is a directory.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"problem file {path!r} is not valid TOML: {e}.") from None
+        raise InvalidInputError(f"{what} {path!r} is not valid TOML: {e}.") from None
+
+
+def load_problem_file(path: str | os.PathLike) -> Problem:
+    """Read a TOML problem file; raises :class:`InvalidInputError` naming the file and the bad entry."""
+    path = os.fspath(path)
+    data = read_toml(path)
     default_name = os.path.splitext(os.path.basename(path))[0]
     try:
         return problem_from_dict(data, default_name=default_name)

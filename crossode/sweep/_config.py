@@ -50,12 +50,12 @@ import itertools
 import json
 import math
 import os
-import tomllib
 from typing import Any
 
 from .._errors import InvalidInputError, UnsupportedError, fmt_choices
 from .._harness import DTYPES
 from .._problem import Problem
+from .._problemfile import read_toml
 from .._registry import BACKENDS
 from .._sensitivity import check_pair, sensitivity_from_name
 from .._solvers import Adaptive, Fixed, solver_from_name
@@ -70,7 +70,6 @@ _GRID = {
 _PROBLEM_KEYS = {"name", "file", "overrides", "scan"}
 _METHOD_KEYS = {"solver", "sensitivity", "solver_options", "sensitivity_options"}
 _FILE_OVERRIDES = {"t1", "tspan"}
-MAX_BYTES = 1_000_000
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -250,18 +249,7 @@ class SweepConfig:
 def load_config(path: str | os.PathLike) -> SweepConfig:
     """Read and validate a sweep TOML file; raises :class:`InvalidInputError` naming the file and the bad key."""
     path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
-            raise InvalidInputError(f"sweep config {path!r} is {size} bytes; at most {MAX_BYTES} are allowed.")
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InvalidInputError(f"sweep config {path!r} does not exist.") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"sweep config {path!r} is a directory.") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidInputError(f"sweep config {path!r} is not valid TOML: {e}.") from None
+    data = read_toml(path, "sweep config")
     try:
         return config_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)),
                                 default_name=os.path.splitext(os.path.basename(path))[0], path=path)
