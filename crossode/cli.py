@@ -294,6 +294,7 @@ def cmd_compare(args) -> int:
         for r in records:
             if r.ok:
                 print(json.dumps({"backend": r.backend, "solver": r.solver, "sensitivity": r.sensitivity,
+                                  "grad_error": r.grad_error, "reference": r.reference,
                                   "dparams": r.dparams, "dy0": r.dy0}))
     return 0
 

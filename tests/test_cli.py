@@ -95,6 +95,7 @@ def test_damped_linear_done_when(data_dir, capsys):
                  "direct", "--rtol", "1e-8", "--atol", "1e-10", "--save-gradients", "--repeats", "1"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     grad = np.concatenate([lines[0]["dparams"], lines[0]["dy0"]])
+    assert lines[0]["reference"] == "closed_form" and lines[0]["grad_error"] < 1e-5  # printed with its error
     p = load_problem_file(f)
     closed = reference(p, "closed_form")
     assert relative_error(grad, closed.grad) < 1e-5
