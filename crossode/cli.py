@@ -284,8 +284,11 @@ def cmd_compare(args) -> int:
             out_fh.close()
     explicit = explicit_backends or not defaults
     if explicit and all(r.status in ("unsupported", "unavailable") for r in records):
+        by_reason: dict[str, list[str]] = {}
         for r in records:
-            print(f"crossode: error: {r.backend}/{r.solver}/{r.sensitivity}: {r.message}", file=sys.stderr)
+            by_reason.setdefault(r.message, []).append(f"{r.backend}/{r.solver}/{r.sensitivity}")
+        for reason, cells in by_reason.items():  # one line per distinct reason
+            print(f"crossode: error: {reason} (cells: {', '.join(cells)})", file=sys.stderr)
         return 2
     if defaults:  # the built-in default shows only what each backend supports
         records = [r for r in records if r.status != "unsupported"]
