@@ -13,6 +13,7 @@ from crossode._sensitivity import MALI, Checkpointed, Direct  # noqa: E402
 from crossode._solvers import ALF, Adaptive, Fixed  # noqa: E402
 from crossode.backends.torch._alf import odeint_alf  # noqa: E402
 from crossode.backends.torch._mali import mali_saved_summary  # noqa: E402
+from crossode._reference import relative_error  # noqa: E402
 
 pytestmark = pytest.mark.torch
 F64 = torch.float64
@@ -28,9 +29,7 @@ OSC2 = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=F64)
 DECAY2 = torch.tensor([[-1.0, 0.0], [0.5, -3.0]], dtype=F64)
 
 
-def rel(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
+rel = relative_error  # the project's relative L2 error (the one records use)
 
 
 def nonlinear_problem(seed=0, n=6, batch=3, dtype=F64, device="cpu"):
