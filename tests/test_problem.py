@@ -92,7 +92,7 @@ def test_mlp_validation(bad):
 def test_zoo_jacobians_match_finite_differences(name):
     p = get_problem(name)
     rng = np.random.default_rng(0)
-    y = p.y0 + 0.1 * rng.standard_normal(p.n_states)
+    y = (p.y0 if p.batch is None else p.y0[0]) + 0.1 * rng.standard_normal(p.n_states)  # one state of a batch
     h = 1e-6
     jy = np.stack([(p.rhs.f(0.3, y + h * e, p.params) - p.rhs.f(0.3, y - h * e, p.params)) / (2 * h)
                    for e in np.eye(p.n_states)], axis=1)
