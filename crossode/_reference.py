@@ -356,7 +356,7 @@ def _disk_get(problem: Problem, method: str) -> Reference | None:
         return None
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
         _warn(f"cannot read {path}: {e}; recomputing.")
