@@ -33,11 +33,13 @@ PROBLEMS = {
     "lotka_volterra": lambda: co.get_problem("lotka_volterra"),  # 4 save times
     "lotka_volterra_short": lambda: co.get_problem("lotka_volterra", t1=2.0),
     "mlp": lambda: co.get_problem("mlp"),  # 2 save times
+    # batched: 4 trajectories, time-input MLP, mse targets per trajectory
+    "mlp_fit_small": lambda: co.get_problem("mlp_fit", batch=4, n=2, width=8, depth=2),
 }
 
 
 def _grad(g) -> np.ndarray:
-    return np.concatenate([g.dparams, g.dy0])
+    return np.concatenate([g.dparams, np.ravel(g.dy0)])
 
 
 def _rel(a, b) -> float:
@@ -118,6 +120,26 @@ def test_adaptive_alf_mali_same_grid(name, rtol, ref_tol):
     assert t.stats.nfe_forward == j.stats.nfe_forward
     assert _rel(t, j) < 1e-10
     assert abs(t.loss - j.loss) < 1e-10 * abs(t.loss)
+    _check_reference(problem, t, ref_tol)
+    _check_reference(problem, j, ref_tol)
+
+
+# Batched problems: one solve of the (batch, n) state in both backends, the error norm over all its entries.
+BATCHED = [
+    ("mlp_fit_small", Dopri5(), Direct(), Adaptive(rtol=1e-7, atol=1e-9), 1e-6),
+    ("mlp_fit_small", ALF(), MALI(), Adaptive(rtol=1e-5, atol=1e-7), 1e-4),
+]
+
+
+@pytest.mark.parametrize("name, solver, sensitivity, step, ref_tol", BATCHED,
+                         ids=[f"{c[0]}-{c[1].name}" for c in BATCHED])
+def test_batched_same_grid_and_gradient(name, solver, sensitivity, step, ref_tol):
+    problem, t, j = _both(name, solver, sensitivity, step)
+    assert t.dy0.shape == j.dy0.shape == problem.y0.shape
+    assert t.stats.steps_accepted > 3
+    assert (t.stats.steps_accepted, t.stats.steps_rejected) == (j.stats.steps_accepted, j.stats.steps_rejected)
+    assert _rel(t, j) < 1e-10
+    assert abs(t.loss - j.loss) < 1e-12 * abs(t.loss)
     _check_reference(problem, t, ref_tol)
     _check_reference(problem, j, ref_tol)
 
