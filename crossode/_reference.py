@@ -85,7 +85,9 @@ class Reference:
 
     ``ys`` has shape ``(len(saveat), *y0.shape)``, ``dy0`` the shape of ``y0``. ``method`` names the method and
     tolerance (e.g. ``"adjoint(DOP853, rtol=1e-12)"``); ``time_s`` is the time it took to compute (also when it
-    was read from the disk cache, then ``cached`` is true).
+    was read from the disk cache, then ``cached`` is true); ``nfe`` counts the right-hand-side evaluations of the
+    SciPy solves (sensitivity: of the augmented system; adjoint: forward + backward, each backward one a VJP),
+    ``None`` for the closed form.
     """
 
     loss: float
@@ -97,6 +99,7 @@ class Reference:
     method: str
     time_s: float
     cached: bool = False
+    nfe: int | None = None
 
     @property
     def grad(self) -> np.ndarray:
@@ -251,7 +254,9 @@ def _sensitivity(problem: Problem) -> Reference:
     grad = np.einsum("kbi,kbij->bj", gs, sens)  # (batch or 1, cols)
     dparams = grad[:, :m].sum(axis=0)
     dy0 = grad[:, m:].reshape(shape)
-    return _finish(problem, ys, g, dparams, dy0, f"sensitivity({label})")
+    ref = _finish(problem, ys, g, dparams, dy0, f"sensitivity({label})")
+    ref.nfe = int(sol.nfev)
+    return ref
 
 
 def _adjoint(problem: Problem) -> Reference:
@@ -294,6 +299,7 @@ def _adjoint(problem: Problem) -> Reference:
 
         back_kw["jac"] = back_jac
     z = np.zeros(size + m)
+    nfe = int(fwd.nfev)
     stops = list(problem.saveat[::-1]) + [problem.t0]
     for k in range(problem.saveat.size):
         z[:size] += g[problem.saveat.size - 1 - k].ravel()
@@ -302,10 +308,13 @@ def _adjoint(problem: Problem) -> Reference:
             continue
         sol = scipy.integrate.solve_ivp(back, (t_from, t_to), z, **back_kw)
         _check(sol, problem, "adjoint solve")
+        nfe += int(sol.nfev)
         z = sol.y[:, -1].copy()
     dy0 = z[:size].reshape(shape)
     dparams = z[size:]
-    return _finish(problem, ys, g, dparams, dy0, f"adjoint({label})")
+    ref = _finish(problem, ys, g, dparams, dy0, f"adjoint({label})")
+    ref.nfe = nfe
+    return ref
 
 
 # -------------------------------------------------------------------------------------------- disk cache
@@ -373,8 +382,10 @@ def _disk_get(problem: Problem, method: str) -> Reference | None:
             raise ValueError("its key does not match the problem")
         if ys.shape != problem.ys_shape or dparams.shape != (problem.n_params,) or dy0.shape != problem.y0.shape:
             raise ValueError("its arrays have the wrong shapes")
+        nfe = meta.get("nfe")
         return Reference(float(meta["loss"]), ys, dparams, dy0, float(meta["dt0"]), float(meta["dt1"]),
-                         str(meta["method"]), float(meta["time_s"]), cached=True)
+                         str(meta["method"]), float(meta["time_s"]), cached=True,
+                         nfe=None if nfe is None else int(nfe))
     except Exception as e:  # noqa: BLE001 - a corrupt entry is never fatal: recompute
         _warn(f"ignoring corrupt entry {path} ({type(e).__name__}: {e}); recomputing.")
         return None
@@ -385,7 +396,7 @@ def _disk_put(problem: Problem, method: str, ref: Reference) -> None:
     if path is None:
         return
     meta = dict(version=code_version(), digest=problem.digest(), requested=method, problem=problem.name,
-                method=ref.method, loss=ref.loss, dt0=ref.dt0, dt1=ref.dt1, time_s=ref.time_s)
+                method=ref.method, loss=ref.loss, dt0=ref.dt0, dt1=ref.dt1, time_s=ref.time_s, nfe=ref.nfe)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

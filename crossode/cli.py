@@ -85,18 +85,12 @@ def cmd_info(args) -> int:
 # ------------------------------------------------------------------------------------------------------ list
 
 
-def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]:
-    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()``.
-
-    Backends whose framework is missing are left out (their ``supports`` needs the framework); the Julia backend's
-    ``supports`` is pure Python and is always included.
-    """
+def _backend_instances() -> dict:
+    """Instances of the registered backends whose ``supports()`` can be called here (see :func:`support_matrix`)."""
     import importlib
 
-    from . import problems
     from ._registry import BACKENDS
 
-    problem = problem or problems.get_problem(DEFAULT_PROBLEM)
     out = {}
     for name, spec in BACKENDS.items():
         if name == "reference":
@@ -106,9 +100,59 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
             continue
         module, cls = spec.target.split(":")
         try:
-            backend = getattr(importlib.import_module(module), cls)()
+            out[name] = getattr(importlib.import_module(module), cls)()
         except Exception:  # noqa: BLE001
             continue
+    return out
+
+
+def _feature_problems() -> dict:
+    """One small problem per neutral feature beyond the basic single-state problem (for ``crossode list``)."""
+    import numpy as np
+
+    from ._problem import Loss, Problem
+    from ._rhs import MLPRHS
+
+    base = dict(tspan=(0.0, 1.0), saveat=[1.0])
+    return {
+        "batch (y0 of shape (batch, n))": Problem(MLPRHS([2, 4, 2]), y0=np.ones((3, 2)), **base),
+        "mse loss (data targets)": Problem(MLPRHS([2, 4, 2]), y0=[1.0, 0.0], loss=Loss("mse", targets=[[0.0, 1.0]]),
+                                           **base),
+        "MLP time input": Problem(MLPRHS([2, 4, 2], time_input=True), y0=[1.0, 0.0], **base),
+        "MLP cube features": Problem(MLPRHS([2, 4, 2], features="cube"), y0=[1.0, 0.0], **base),
+    }
+
+
+def feature_support() -> dict[str, dict[str, str | None]]:
+    """``{feature: {backend: None | reason}}``: each backend's ``supports()`` on a small problem with the feature
+    (``dopri5`` + ``direct``, adaptive, CPU)."""
+    from ._sensitivity import Direct
+    from ._solvers import Dopri5
+
+    backends = _backend_instances()
+    out = {}
+    for feature, problem in _feature_problems().items():
+        row = {}
+        for name, backend in backends.items():
+            try:
+                row[name] = backend.supports(problem, Dopri5(), Direct(), Adaptive(), "cpu")
+            except Exception as e:  # noqa: BLE001
+                row[name] = f"{type(e).__name__}: {e}"
+        out[feature] = row
+    return out
+
+
+def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]:
+    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()``.
+
+    Backends whose framework is missing are left out (their ``supports`` needs the framework); the Julia backend's
+    ``supports`` is pure Python and is always included.
+    """
+    from . import problems
+
+    problem = problem or problems.get_problem(DEFAULT_PROBLEM)
+    out = {}
+    for name, backend in _backend_instances().items():
         table = {}
         for s_name, s_cls in SOLVERS.items():
             for g_name, g_cls in SENSITIVITIES.items():
@@ -159,6 +203,11 @@ def cmd_list(args) -> int:
         print(f"  {name:15s} {cls.family.upper()}  {(cls.__doc__ or '').strip().splitlines()[0]}")
     print("support matrix (each cell: the backends whose supports() accepts the pair on a CPU, float64):")
     print(support_matrix_markdown())
+    print("problem features (backends whose supports() accepts a dopri5 + direct cell of such a problem):")
+    for feature, row in feature_support().items():
+        ok = [b for b, reason in row.items() if reason is None]
+        missing = "; ".join(f"not {b}: {reason}" for b, reason in row.items() if reason is not None)
+        print(f"  {feature:32s} {', '.join(ok) or '-'}" + (f"  ({missing})" if missing else ""))
     return 0
 
 

@@ -210,6 +210,9 @@ def unsupported_reason(
         return f"dtype {dtype!r} is not supported; use 'float64' or 'float32'"
     if not isinstance(problem.rhs, (SymbolicRHS, MLPRHS)):
         return f"the Julia backend cannot generate code for {type(problem.rhs).__name__}"
+    reason = _neutral_features_reason(problem)
+    if reason is not None:
+        return reason
     if isinstance(solver, ALF):
         return (
             "ALF (asynchronous leapfrog) has no OrdinaryDiffEq implementation; the Julia backend supports "
@@ -248,6 +251,20 @@ def unsupported_reason(
         vjp = getattr(sensitivity, "vjp", "auto")
         if vjp not in ("auto", "zygote"):
             return f"vjp={vjp!r} is CPU-only (ReverseDiffVJP/EnzymeVJP); use vjp='zygote' on CUDA"
+    return None
+
+
+def _neutral_features_reason(problem: Problem) -> str | None:
+    """Problem features of the neutral layer the Julia code generation and marshalling do not handle yet."""
+    if problem.y0.ndim != 1:
+        return f"batched problems (y0 of shape {problem.y0.shape}) are not implemented in the Julia backend yet"
+    if problem.loss.kind not in ("sum_squares", "linear"):
+        return f"loss kind {problem.loss.kind!r} is not implemented in the Julia backend yet"
+    rhs = problem.rhs
+    if isinstance(rhs, MLPRHS) and rhs.time_input:
+        return "MLP fields with time_input are not implemented in the Julia backend yet"
+    if isinstance(rhs, MLPRHS) and rhs.features != "identity":
+        return f"MLP fields with features={rhs.features!r} are not implemented in the Julia backend yet"
     return None
 
 

@@ -482,6 +482,21 @@ def test_every_valid_cpu_combination_is_supported():
                 assert _marshal.build_call(prob, solver, s, step).src
 
 
+@pytest.mark.parametrize("problem, needle", [
+    (lambda: crossode.get_problem("mlp_fit", batch=2, n=2, width=4, depth=1), "batched"),
+    (lambda: Problem(MLPRHS([2, 4, 2]), y0=[1.0, 0.0], tspan=(0, 1), loss=Loss("mse", targets=[[0.0, 1.0]])), "mse"),
+    (lambda: Problem(MLPRHS([2, 4, 2], time_input=True), y0=[1.0, 0.0], tspan=(0, 1)), "time_input"),
+    (lambda: Problem(MLPRHS([2, 4, 2], features="cube"), y0=[1.0, 0.0], tspan=(0, 1)), "features='cube'"),
+], ids=["batch", "mse", "time_input", "cube"])
+def test_new_problem_features_are_refused_with_a_reason(problem, needle):
+    # the generated Julia field and the marshalling do not know them yet: refuse instead of computing another problem
+    reason = _marshal.unsupported_reason(problem(), Tsit5(), Direct(), Adaptive())
+    assert reason is not None and needle in reason and "Julia backend" in reason
+    assert JuliaBackend().supports(problem(), Tsit5(), Direct(), Adaptive()) == reason
+    with pytest.raises(UnsupportedError, match="not implemented in the Julia backend"):
+        JuliaBackend().prepare(problem(), Tsit5(), Direct(), Adaptive())
+
+
 # ------------------------------------------------------------------------------------------ backend object
 
 
