@@ -115,6 +115,17 @@ def test_adjoint_matches_sensitivities_on_the_zoo(name):
     assert abs(adj.dt0 - sens.dt0) <= 1e-8 * max(1.0, abs(sens.dt0))
 
 
+def test_adjoint_backwards_in_time_and_batched_time_gradients():
+    back = get_problem("lotka_volterra").remake(tspan=(2.0, 0.0), saveat=[1.5, 0.5, 0.0])
+    a, s = reference(back, "adjoint"), reference(back, "sensitivity")
+    assert relative_error(a.grad, s.grad) < 1e-10 and abs(a.dt0 - s.dt0) < 1e-9 * abs(s.dt0)
+    batched = get_problem("mlp_fit", batch=3, n=2, width=4, depth=1).remake(
+        tspan=(1.0, 0.0), saveat=[0.0], loss=Loss("mse", targets=np.zeros((1, 3, 2))))
+    a, s = reference(batched, "adjoint"), reference(batched, "sensitivity")
+    assert relative_error(a.grad, s.grad) < 1e-10
+    assert abs(a.dt1 - s.dt1) < 1e-10 * abs(s.dt1) and abs(a.dt0 - s.dt0) < 1e-10 * abs(s.dt0)
+
+
 @pytest.mark.parametrize("name", ["linear", "exponential_decay", "decay2", "error_norm_trap"])
 def test_adjoint_matches_closed_form(name):
     p = get_problem(name)
@@ -246,3 +257,19 @@ def test_disk_cache_disabled_and_unwritable(tmp_path, monkeypatch):
     monkeypatch.delenv("CROSSODE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_dir() == tmp_path / "xdg" / "crossode" / "references"
+
+
+def test_batched_time_gradients_vs_finite_differences():
+    p = get_problem("mlp_fit", batch=3, n=2, width=4, depth=1, n_save=2)  # saves at 0.5 and t1 = 1
+    r = reference(p)
+    h = 1e-6
+
+    def at(t0, t1):
+        saveat = p.saveat.copy()
+        saveat[-1] = t1
+        return reference(p.remake(tspan=(t0, t1), saveat=saveat)).loss
+
+    fd1 = (at(0.0, 1.0 + h) - at(0.0, 1.0 - h)) / (2 * h)
+    fd0 = (at(h, 1.0) - at(-h, 1.0)) / (2 * h)
+    assert abs(fd1 - r.dt1) < 1e-5 * max(1, abs(fd1))
+    assert abs(fd0 - r.dt0) < 1e-5 * max(1, abs(fd0))
