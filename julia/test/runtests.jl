@@ -1,8 +1,9 @@
 # Tests of the Julia side of crossode's Julia backend. They need Julia 1.10/1.11 with this project's deps:
 #
 #     julia --project=julia -e 'using Pkg; Pkg.instantiate(); Pkg.test()'
-#     julia --project=julia julia/test/runtests.jl            # the same, without Pkg.test
-#     CROSSODE_TEST_GROUPS=linear,steps julia --project=julia julia/test/runtests.jl   # some groups only
+#     CROSSODE_TEST_GROUPS=units,steps julia --project=julia -e 'using Pkg; Pkg.test()'   # some groups only
+#
+# (ForwardDiff is a test-only dependency, so run through Pkg.test, which builds the test environment.)
 #
 # Groups: units, fields, steps, statuses, vjp_auto, linear, mlp, vjp, noparams, backward, weights, float32,
 # nan_guard, known_limits. The gradient groups compile one adjoint per (solver, sensealg, field form, precision):
@@ -36,6 +37,10 @@ relerr(a, b) = isempty(b) ? 0.0 : sqrt(sum(abs2, a .- b)) / max(sqrt(sum(abs2, b
 loss_of(Y, ::Nothing) = sum(abs2, Y) / 2
 loss_of(Y, W) = sum(W .* Y)
 
+# World age: the generated fields are defined at run time (inside this file's single top-level @testset), so
+# code that calls them directly (a `solve`, a field evaluation) enters through `Base.invokelatest`, as CrossODE's
+# own `build`, `gradient_cell` and `solve_cell` do.
+
 """
 The discrete gradient of a cell's own discretisation: ForwardDiff through `solve` with the cell's keywords and
 `primal_norm` (dual numbers take the primal's steps), no sensealg. Implicit solvers use ForwardDiff Jacobians
@@ -54,6 +59,27 @@ function discrete_reference(cell, case)
     x0 = nullp ? collect(prob.u0) : vcat(prob.u0, prob.p)
     g = ForwardDiff.gradient(f, x0)
     return (loss = Float64(f(x0)), du0 = Float64.(g[1:n]), dp = Float64.(g[(n + 1):end]))
+end
+
+"""A generated field at one point: its element type, NaN pattern, values, and derivatives through its NaN guards."""
+function check_field(fns, case)
+    T = case.dtype == "float32" ? Float32 : Float64
+    u, p, t = T.(case.u), T.(case.p), T(case.t)
+    f = fns.oop(u, p, t)  # NaNMath: NaN outside the domain, never a DomainError
+    @test f isa Vector{T}  # float32 constants are Float32 literals: no promotion to Float64
+    du = zeros(T, length(u))
+    fns.iip(du, u, p, t)
+    @test isequal(du, f)
+    @test isnan.(f) == isnan.(case.f)
+    ok = .!isnan.(case.f)
+    @test f[ok] ≈ case.f[ok] rtol = (T == Float32 ? 1.0e-5 : 1.0e-12)
+    J = ForwardDiff.jacobian(v -> fns.oop(v, p, t), u)  # dual numbers through the NaN guards
+    @test eltype(J) == T
+    if all(ok)
+        g = CrossODE.Zygote.gradient(v -> sum(fns.oop(v, p, t)), u)[1]  # ChainRules' NaNMath rules
+        @test g ≈ vec(sum(J; dims = 1)) rtol = (T == Float32 ? 1.0e-4 : 1.0e-10)
+    end
+    return nothing
 end
 
 @testset "CrossODE" begin
@@ -138,23 +164,7 @@ end
 
     if want("fields")
         @testset "generated field $(case.name) at u = $(case.u)" for case in FIELD_CASES
-            T = case.dtype == "float32" ? Float32 : Float64
-            fns = load_rhs(case.src)
-            u, p, t = T.(case.u), T.(case.p), T(case.t)
-            f = fns.oop(u, p, t)  # NaNMath: NaN outside the domain, never a DomainError
-            @test f isa Vector{T}  # float32 constants are Float32 literals: no promotion to Float64
-            du = zeros(T, length(u))
-            fns.iip(du, u, p, t)
-            @test isequal(du, f)
-            @test isnan.(f) == isnan.(case.f)
-            ok = .!isnan.(case.f)
-            @test f[ok] ≈ case.f[ok] rtol = (T == Float32 ? 1.0e-5 : 1.0e-12)
-            J = ForwardDiff.jacobian(v -> fns.oop(v, p, t), u)  # dual numbers through the NaN guards
-            @test eltype(J) == T
-            if all(ok)
-                g = CrossODE.Zygote.gradient(v -> sum(fns.oop(v, p, t)), u)[1]  # ChainRules' NaNMath rules
-                @test g ≈ vec(sum(J; dims = 1)) rtol = (T == Float32 ? 1.0e-4 : 1.0e-10)
-            end
+            Base.invokelatest(check_field, load_rhs(case.src), case)
         end
     end
 
@@ -169,7 +179,7 @@ end
             @test (g.naccept, g.nreject) == (case.naccept, case.nreject)
             # every save time is the end of a step (no interpolation)
             T = eltype(cell.kwargs.saveat)
-            sol = CrossODE.solve(cell.prob, cell.alg;
+            sol = Base.invokelatest(CrossODE.solve, cell.prob, cell.alg;
                 merge(cell.kwargs, (; saveat = T[], save_everystep = true))...)
             @test all(s -> s in sol.t, cell.kwargs.saveat)
             h = diff(sol.t)
@@ -224,7 +234,7 @@ end
         res = gradient_cell(cell)
         @test res.status == "ok"
         if res.status == "ok"
-            ref, disc = case.ref, discrete_reference(cell, case)
+            ref, disc = case.ref, Base.invokelatest(discrete_reference, cell, case)
             grad, dgrad, rgrad = vcat(res.dp, res.du0), vcat(disc.dp, disc.du0), vcat(ref.dp, ref.du0)
             scale = relerr(dgrad, rgrad)  # the error of the discretisation itself
             @test relerr(grad, rgrad) <= 20 * scale + 1.0e-7 + (f32 ? 1.0e-4 : 0.0)
@@ -255,7 +265,7 @@ end
             catch
                 nothing
             end
-            disc = discrete_reference(cell, case)
+            disc = Base.invokelatest(discrete_reference, cell, case)
             @test_broken res !== nothing && res.status == "ok" &&
                 relerr(vcat(res.dp, res.du0), vcat(disc.dp, disc.du0)) < 1.0e-6
         end
