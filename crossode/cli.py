@@ -468,8 +468,17 @@ class _PipeSafe:
         return getattr(self._stream, name)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"crossode: warning: {message}", file=sys.stderr)
+def _one_line_warnings(default):
+    """``warnings.showwarning`` that prints crossode's own warnings (skipped results-file lines) as one line."""
+    from .sweep._store import SkippedLineWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedLineWarning):
+            print(f"crossode: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
             code = args.func(args)
     except CrossODEError as e:
         return _usage_error(str(e))

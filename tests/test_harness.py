@@ -94,23 +94,11 @@ def test_fixed_step_count_is_checked_before_any_allocation():
     assert time.perf_counter() - start < 5.0
 
 
-def test_crashed_message_is_one_line_with_details():
+def test_crashed_message_is_one_line_with_details(boom_backend):
     """A crash (here: a backend whose gradient raises with a multi-line message) gives a one-line `message` and
     the full text plus traceback in `details`."""
 
-    class _Boom(Prepared):
-        def solve(self):
-            raise RuntimeError("first line of the error\nsecond line\nthird line")
-
-        gradient = solve
-
-    class _BoomBackend(ReferenceBackend):
-        name = "boom"
-
-        def prepare(self, *args, **kwargs):
-            return _Boom()
-
-    rec = crossode.measure(crossode.get_problem("exponential_decay"), _BoomBackend(), Dopri5(), Direct(), repeats=1)
+    rec = crossode.measure(crossode.get_problem("exponential_decay"), boom_backend, Dopri5(), Direct(), repeats=1)
     assert rec.status == "crashed" and rec.message == "RuntimeError: first line of the error"
     assert "third line" in rec.details and "Traceback" in rec.details
 
