@@ -247,3 +247,16 @@ def test_crashed_message_is_one_line_and_traceback_is_a_flag(capsys, boom_backen
     assert "third line" not in plain and "Traceback" not in plain
     _print_table([rec], p, [], show_details=True)
     assert "third line" in capsys.readouterr().out
+
+
+def test_partly_unsupported_products_run_the_rest(capsys):
+    """"Unsupported combinations exit 2" holds only when every cell is unsupported (issue 15): a product with some
+    sensible pairs runs them, notes the skipped ones and exits by the cells' statuses; --help says so."""
+    code = main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--solver", "dopri5,alf",
+                 "--sensitivity", "mali", "--repeats", "1"])
+    out = capsys.readouterr()
+    assert code == 0 and "skipped:" in out.err and "reversible solver" in out.err
+    assert "alf" in out.out and "mali" in out.out
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "only when every cell is unsupported" in " ".join(capsys.readouterr().out.split())

@@ -177,3 +177,22 @@ def test_resume_warns_about_garbage_lines(write_config, tmp_path):
     out = crossode("compare", "--config", str(config), "--resume")
     assert out.returncode == 0, out.stderr
     assert "crossode: warning: " in out.stderr and "results.jsonl:1: not a JSON record; line skipped" in out.stderr
+
+
+def test_resume_on_a_read_only_results_file_is_one_line(write_config, tmp_path):
+    """--resume on a read-only results file gave a PermissionError traceback (issue 15)."""
+    import ctypes
+
+    config = write_config(CONFIG)
+    results = tmp_path / "results.jsonl"
+    results.write_text("")
+    results.chmod(0o444)
+
+    def as_ordinary_user():  # root ignores file modes: drop CAP_DAC_OVERRIDE for the child
+        if os.geteuid() == 0:
+            ctypes.CDLL(None, use_errno=True).prctl(24, 1, 0, 0, 0)  # PR_CAPBSET_DROP, CAP_DAC_OVERRIDE
+
+    out = subprocess.run([sys.executable, "-m", "crossode", "compare", "--config", str(config), "--resume"],
+                         capture_output=True, text=True, timeout=120, preexec_fn=as_ordinary_user)
+    assert out.returncode == 2 and "cannot be written (Permission denied" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
