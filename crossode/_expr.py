@@ -82,7 +82,9 @@ def parse_expression(text: str, symbols: dict[str, sympy.Symbol], *, where: str 
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        raise UnsafeExpressionError(f"`{where}` is not a valid expression: {snip(text)} ({type(e).__name__}).") from None
+        raise UnsafeExpressionError(
+            f"`{where}` is not a valid expression: {snip(text)} ({type(e).__name__})."
+        ) from None
     try:
         expr = _build(tree.body, symbols, where, text, 0)
     except RecursionError:

@@ -55,8 +55,8 @@ def _check_common(problem, solver, sensitivity, step, dtype):
     if isinstance(step, Fixed):  # before any backend allocates the grid
         needed = grid_steps(problem.t0, problem.t1, step.dt)
         if needed > step.max_steps:
-            raise SolverFailure("max_steps", f"dt={step.dt:g} needs {needed:,} steps over tspan "
-                                             f"[{problem.t0:g}, {problem.t1:g}], more than max_steps={step.max_steps:,}")
+            raise SolverFailure("max_steps", f"dt={step.dt:g} needs {needed:,} steps over tspan [{problem.t0:g}, "
+                                             f"{problem.t1:g}], more than max_steps={step.max_steps:,}")
 
 
 def _prepare(problem, backend, solver, sensitivity, step, device, dtype):

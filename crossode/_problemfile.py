@@ -53,7 +53,9 @@ def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise InvalidInputError(f"{what} {path!r} is not valid TOML: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+        raise InvalidInputError(
+            f"{what} {path!r} is not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})."
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise InvalidInputError(f"{what} {path!r} is not valid TOML: {e}.") from None
     except RecursionError:
