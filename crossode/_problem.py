@@ -10,17 +10,32 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ._errors import InvalidInputError, fmt_choices
+from ._limits import MAX_STATE_ENTRIES
 from ._rhs import AbstractRHS, MLPRHS, SymbolicRHS
 
 __all__ = ["Loss", "Problem"]
 
 LOSS_KINDS = ("sum_squares", "linear", "mse")
 
-MAX_STATE_ENTRIES = 10_000_000
-"""Most entries ``y0`` (``batch * n_states``) and loss data may have (80 MB in float64 each)."""
+
+
+def _booleans(value) -> bool:
+    """Whether a (nested) list holds booleans, or an array is boolean: ``[True]`` is not the number 1.0."""
+    if isinstance(value, np.ndarray):
+        return value.dtype == np.bool_
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (bool, np.bool_)):
+            return True
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
 
 
 def _as_data(name: str, value) -> np.ndarray:
+    if _booleans(value):
+        raise InvalidInputError(f"`{name}` must hold numbers; got booleans.")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -142,6 +157,8 @@ class Loss:
 
 def _as_state(value, n: int) -> np.ndarray:
     """``y0``: ``(n,)`` or ``(batch, n)``, finite, bounded."""
+    if _booleans(value):
+        raise InvalidInputError(f"`y0` must hold numbers; got booleans in {_short(value)}.")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -162,6 +179,8 @@ def _as_state(value, n: int) -> np.ndarray:
 
 
 def _as_vector(name: str, value, n: int | None = None) -> np.ndarray:
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in value):  # [True] is not 1.0
+        raise InvalidInputError(f"`{name}` must be a list of numbers; got booleans in {str(value)[:60]}.")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):

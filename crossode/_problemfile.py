@@ -34,79 +34,60 @@ Schema (see the README for examples)::
 Array files (``y0_file``, ``targets_file``, ``weights_file``) are ``.npz`` archives (``numpy.savez``) holding an
 array under the documented key (``y0``, ``targets``, ``weights``), paths relative to the problem file. They are read
 with bounds: regular files only, at most :data:`MAX_NPZ_BYTES` on disk, the entry's declared size and shape checked
-before its data is read (at most :data:`~crossode._problem.MAX_STATE_ENTRIES` numbers), no pickles.
+before its data is read (at most :data:`~crossode._limits.MAX_STATE_ENTRIES` numbers), no pickles.
 
 Unknown keys are errors (typos must not silently change an experiment).
 """
 
 from __future__ import annotations
 
+import io
 import os
-import stat
 import tomllib
 import zipfile
 
 import numpy as np
 
 from ._errors import InvalidInputError
-from ._problem import MAX_STATE_ENTRIES, Loss, Problem
+from ._limits import MAX_ARRAY_FILE_BYTES, MAX_STATE_ENTRIES, read_bounded
+from ._problem import Loss, Problem
 from ._rhs import MLPRHS, SymbolicRHS
 
 __all__ = ["load_problem_file", "problem_from_dict", "read_toml", "read_npz_array", "MAX_NPZ_BYTES"]
 
-MAX_BYTES = 1_000_000
-MAX_NPZ_BYTES = 256 * 1024 * 1024
-"""Largest ``.npz`` file (on disk, and each entry uncompressed) a problem file may refer to."""
+MAX_NPZ_BYTES = MAX_ARRAY_FILE_BYTES
+"""Largest ``.npz`` file (on disk, and each entry uncompressed) a problem file may refer to (``_limits``)."""
 _TOP = {"name", "description", "states", "rhs", "y0", "y0_file", "tspan", "saveat", "stiff", "params", "mlp", "loss"}
 _MLP = {"widths", "activation", "seed", "scale", "weights", "biases", "time_input", "features"}
 _LOSS = {"kind", "weights", "weights_file", "targets", "targets_file"}
 
 
 def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
-    """Parse a TOML file of at most ``MAX_BYTES``; every failure is an :class:`InvalidInputError` naming ``what``."""
+    """Parse a TOML file of at most :data:`~crossode._limits.MAX_FILE_BYTES` (a regular file: devices, FIFOs and
+    directories are refused without blocking); every failure is an :class:`InvalidInputError` naming ``what``."""
     path = os.fspath(path)
+    data = read_bounded(path, what)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
-            raise InvalidInputError(f"{what} {path!r} is {size} bytes; at most {MAX_BYTES} are allowed.")
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{what} {path!r} does not exist.") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{what} {path!r} is a directory.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"{what} {path!r} is not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})."
+        ) from None
+    except tomllib.TOMLDecodeError as e:
         raise InvalidInputError(f"{what} {path!r} is not valid TOML: {e}.") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what} {path!r} is not valid TOML: nested too deeply.") from None
 
 
 def read_npz_array(path: str | os.PathLike, key: str, what: str) -> np.ndarray:
     """The numeric array ``key`` of the ``.npz`` file ``path``, read with bounds (see the module docstring).
 
-    Every failure is one :class:`InvalidInputError` naming ``what`` (e.g. ``"`y0_file`"``) and the file.
+    The file is read with :func:`crossode._limits.read_bounded` (regular files only, at most :data:`MAX_NPZ_BYTES`);
+    every failure is one :class:`InvalidInputError` naming ``what`` (e.g. ``"`y0_file`"``) and the file.
     """
     path = os.fspath(path)
-    where = f"{what} {path!r}"
-    try:
-        # O_NONBLOCK: opening a FIFO must not hang; the type is checked on the open descriptor (no race)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise InvalidInputError(f"{where} does not exist.") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{where} is not a regular file.") from None
-    except OSError as e:
-        raise InvalidInputError(f"{where} cannot be opened: {e.strerror or e}.") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidInputError(f"{where} is not a regular file.")
-        if st.st_size > MAX_NPZ_BYTES:
-            raise InvalidInputError(f"{where} is {st.st_size} bytes; at most {MAX_NPZ_BYTES} are allowed.")
-        with os.fdopen(fd, "rb") as fh:
-            fd = None
-            return _npz_entry(fh, key, where)
-    finally:
-        if fd is not None:
-            os.close(fd)
+    data = read_bounded(path, what, MAX_NPZ_BYTES)
+    return _npz_entry(io.BytesIO(data), key, f"{what} {path!r}")
 
 
 def _npz_entry(fh, key: str, where: str) -> np.ndarray:
@@ -129,7 +110,7 @@ def _npz_entry(fh, key: str, where: str) -> np.ndarray:
                 if version not in readers:
                     raise InvalidInputError(f"{where}: array {key!r} has an unsupported .npy format {version}.")
                 shape, fortran, dtype = readers[version](member)
-                if dtype.kind not in "biuf" or dtype.hasobject:
+                if dtype.kind not in "iuf" or dtype.hasobject:
                     raise InvalidInputError(f"{where}: array {key!r} must be numeric; got dtype {dtype}.")
                 count = int(np.prod(shape, dtype=np.int64)) if shape else 1
                 if count > MAX_STATE_ENTRIES:
@@ -183,6 +164,18 @@ def _table(data, key, allowed):
     return value
 
 
+def _no_booleans(value, where: str) -> None:
+    """TOML ``true``/``false`` are not numbers: refuse them wherever a number is expected (``y0 = [true]``)."""
+    if isinstance(value, bool):
+        raise InvalidInputError(f"`{where}` must hold numbers; got the boolean {str(value).lower()}.")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_booleans(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_booleans(v, f"{where}[{i}]")
+
+
 def problem_from_dict(data: dict, *, default_name: str = "problem", base_dir: str = ".") -> Problem:
     """Build a :class:`Problem` from the parsed TOML mapping (schema in the module docstring); array files are
     read relative to ``base_dir``."""
@@ -195,6 +188,11 @@ def problem_from_dict(data: dict, *, default_name: str = "problem", base_dir: st
         raise InvalidInputError("`y0` (or `y0_file`) is required.")
     if "tspan" not in data:
         raise InvalidInputError("`tspan` is required.")
+    for key in ("y0", "tspan", "saveat", "params", "loss"):
+        _no_booleans(data.get(key), key)
+    mlp_t = data.get("mlp")
+    if isinstance(mlp_t, dict):  # time_input is the one boolean of [mlp]
+        _no_booleans({k: v for k, v in mlp_t.items() if k != "time_input"}, "mlp")
     loss_t = _table(data, "loss", _LOSS)
     loss = Loss(loss_t.get("kind", "sum_squares"),
                 _array(loss_t, "weights", "weights_file", base_dir, "loss.weights"),

@@ -34,8 +34,9 @@ import sympy
 
 from ._errors import InvalidInputError, fmt_choices
 from ._expr import check_name, parse_expression
+from ._limits import MAX_PARAMS, check_mlp_size, check_symbolic_size
 
-__all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS", "FEATURES", "MAX_MLP_PARAMS", "MAX_MLP_LAYERS"]
+__all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS", "FEATURES"]
 
 
 def _stack(values, lead: tuple[int, ...]) -> np.ndarray:
@@ -111,6 +112,7 @@ class SymbolicRHS(AbstractRHS):
         clash = sorted(set(states) & set(params))
         if clash:
             raise InvalidInputError(f"names used both as state and parameter: {', '.join(clash)}.")
+        check_symbolic_size(len(states), len(params))
         if isinstance(rhs, str) or not isinstance(rhs, Sequence) or len(rhs) != len(states):
             raise InvalidInputError(
                 f"`rhs` must be a list with one expression per state ({len(states)}); got {rhs!r}."
@@ -273,13 +275,6 @@ ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "identity")
 FEATURES = ("identity", "cube")
 """Elementwise input feature maps of an :class:`MLPRHS` (``cube``: ``y -> y**3``)."""
 
-MAX_MLP_PARAMS = 10_000_000
-"""Most flat parameters an :class:`MLPRHS` may have (80 MB in float64), checked before anything is allocated."""
-
-MAX_MLP_LAYERS = 100
-"""Most layers (``len(widths) - 1``) an :class:`MLPRHS` may have."""
-
-
 def _act(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Activation value and derivative."""
     if name == "tanh":
@@ -312,7 +307,7 @@ class MLPRHS(AbstractRHS):
 
     **Arguments:**
     - ``widths``: layer widths ``[n_states, h_1, ..., n_states]`` (at least two entries, first == last; any depth
-      up to :data:`MAX_MLP_LAYERS` layers and :data:`MAX_MLP_PARAMS` parameters).
+      within :data:`crossode._limits.MAX_MLP_LAYERS` layers and :data:`~crossode._limits.MAX_PARAMS` parameters).
     - ``activation``: one of :data:`ACTIVATIONS`, applied on hidden layers.
     - ``time_input``: ``f(t, y) = MLP([phi(y), t])`` (the first layer gets ``n_states + 1`` input columns).
     - ``features``: the elementwise input map ``phi``, one of :data:`FEATURES` (``"cube"``: ``y -> y**3``).
@@ -341,12 +336,11 @@ class MLPRHS(AbstractRHS):
         ):
             raise InvalidInputError(f"`widths` must be a list of >= 2 positive integers; got {widths!r}.")
         widths = tuple(int(w) for w in widths)
+        check_mlp_size(widths)
         if widths[0] != widths[-1]:
             raise InvalidInputError(
                 f"`widths` must start and end with the number of states (a vector field maps R^n to R^n); got {widths}."
             )
-        if len(widths) - 1 > MAX_MLP_LAYERS:
-            raise InvalidInputError(f"`widths` gives {len(widths) - 1} layers; at most {MAX_MLP_LAYERS} are allowed.")
         if activation not in ACTIVATIONS:
             raise InvalidInputError(f"`activation` must be one of {fmt_choices(ACTIVATIONS)}; got {activation!r}.")
         if not isinstance(time_input, (bool, np.bool_)):
@@ -356,10 +350,9 @@ class MLPRHS(AbstractRHS):
         time_input = bool(time_input)
         shapes = [(widths[i + 1], widths[i] + (1 if time_input and i == 0 else 0)) for i in range(len(widths) - 1)]
         n_params = sum(o * i + o for o, i in shapes)
-        if n_params > MAX_MLP_PARAMS:
-            raise InvalidInputError(
-                f"`widths` {list(widths)} give {n_params} parameters; at most {MAX_MLP_PARAMS} are allowed."
-            )
+        if n_params > MAX_PARAMS:  # check_mlp_size counted without the time column
+            raise InvalidInputError(f"an MLP with widths {list(widths)} and a time input has {n_params:,} parameters; "
+                                    f"at most {MAX_PARAMS:,} are allowed.")
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not np.isfinite(scale):
             raise InvalidInputError(f"`scale` must be a finite number; got {scale!r}.")
         if weights is None and biases is None:

@@ -134,6 +134,8 @@ def test_batched_problem_shapes():
     (np.zeros((0, 2)), "at least one"),
     ([[1.0, np.inf]], "finite"),
     ([[1.0, 0.0], [1.0]], "y0"),
+    ([[1.0, 0.0], [True, 1.0]], "booleans"),
+    (np.array([[True, False]]), "booleans"),
 ])
 def test_batched_y0_validation(y0, match):
     with pytest.raises(InvalidInputError, match=match):
@@ -187,6 +189,8 @@ def test_mse_loss_validation():
         Loss("sum_squares", targets=[[1.0]])
     with pytest.raises(InvalidInputError, match="finite"):
         Loss("mse", targets=[[np.nan]])
+    with pytest.raises(InvalidInputError, match="booleans"):
+        Loss("mse", targets=[[1.0, True]])
 
 
 # Fingerprints of the zoo problems before batches existed: sweep cell keys and cached references depend on them.

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from crossode import MLPRHS, InvalidInputError, SymbolicRHS
-from crossode._rhs import ACTIVATIONS, MAX_MLP_PARAMS
+from crossode._limits import MAX_PARAMS
+from crossode._rhs import ACTIVATIONS
 
 H = 1e-6
 
@@ -92,7 +93,7 @@ def test_symbolic_vjp_and_batched_jacobians():
 @pytest.mark.parametrize("kw, match", [
     (dict(time_input="yes"), "time_input"),
     (dict(features="square"), "features"),
-    (dict(widths=[2] * 102), "layers"),
+    (dict(widths=[2] * 102), "too deep"),
     (dict(widths=[2, 10**5, 10**5, 2]), "parameters"),
     (dict(scale=float("nan")), "scale"),
 ])
@@ -103,7 +104,7 @@ def test_mlp_validation(kw, match):
     with pytest.raises(InvalidInputError, match=match):
         MLPRHS(**args)
     assert time.perf_counter() - start < 1.0  # the size is checked before anything is allocated
-    assert MAX_MLP_PARAMS < 10**10
+    assert MAX_PARAMS < 10**10
 
 
 def test_mlp_fingerprints():
