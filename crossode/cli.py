@@ -1,5 +1,5 @@
 """The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
-``report`` (and ``julia-setup``).
+``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`) and ``julia-setup``.
 
 Bad input (unknown names, malformed or hostile problem files, unsupported combinations, unavailable backends that
 were asked for by name) prints one line to stderr and exits with status 2; nothing from the input is executed.
@@ -68,7 +68,8 @@ def cmd_info(args) -> int:
     print(f"crossode {_pkg_version('crossode') or 'dev'}  python {sys.version.split()[0]}")
     for name in BACKENDS:
         reason = unavailable_reason(name)
-        versions = ", ".join(f"{p} {v}" for p in _PACKAGES[name] if (v := _pkg_version(p)))
+        packages = _PACKAGES.get(name, BACKENDS[name].packages)  # plugins: their distribution
+        versions = ", ".join(f"{p} {v}" for p in packages if (v := _pkg_version(p)))
         if reason is None:
             devices = ""
             if args.devices:
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
     sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
+    from .check import _cli as check_cli
+
+    check_cli.add_check_parser(sub)
     js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
     js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
     js.set_defaults(func=cmd_julia_setup)
