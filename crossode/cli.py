@@ -95,7 +95,7 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
     import importlib
 
     from . import problems
-    from ._registry import BACKENDS
+    from ._registry import BACKENDS, get_backend, unavailable_reason
 
     problem = problem or problems.get_problem(DEFAULT_PROBLEM)
     out = {}
@@ -105,9 +105,14 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
         missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
         if missing and name != "julia":
             continue
-        module, cls = spec.target.split(":")
         try:
-            backend = getattr(importlib.import_module(module), cls)()
+            if spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
+                if unavailable_reason(name) is not None:
+                    continue
+                backend = get_backend(name)
+            else:
+                module, cls = spec.target.split(":")
+                backend = getattr(importlib.import_module(module), cls)()
         except Exception:  # noqa: BLE001
             continue
         table = {}

@@ -34,6 +34,8 @@ def add_check_parser(sub) -> None:
     c.add_argument("target", metavar="FILE.py:NAME", help="the solver: a Python file and the function in it")
     c.add_argument("--framework", default="torch", choices=("torch", "jax"), help="the solver's framework")
     c.add_argument("--order", type=float, help="declared order (fixed step: the gradient's order must match)")
+    c.add_argument("--order-tolerance", type=float, default=0.3,
+                   help="accepted distance of the gradient's order from the expected one (default 0.3)")
     c.add_argument("--dt", help="comma list of fixed step sizes (default 0.1,0.05,0.025)")
     c.add_argument("--rtol", help="comma list of tolerances (adaptive), e.g. 1e-3,1e-5,1e-7")
     c.add_argument("--atol", help="with --rtol: one value or one per rtol (default: atol = rtol)")
@@ -74,6 +76,7 @@ def cmd_check(args) -> int:
     odeint, label = load_solver(args.target)
     report = check(odeint, args.framework, order=args.order, problems=problems, dts=dts, rtols=rtols, atols=atols,
                    builtin=not args.no_builtin, repeats=args.repeats, label=label,
+                   order_tolerance=args.order_tolerance,
                    progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(report.table(width=200), end="")
     if args.out:
