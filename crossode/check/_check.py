@@ -339,6 +339,11 @@ def _check_problem(odeint, runner_cls, problem, steps, *, order, builtin, repeat
         cells.append(rec)
         results.append(res)
     notes = [runner.note] if getattr(runner, "note", "") else []
+    if mode == "fixed":
+        misfit = [s["dt"] for s in steps if _grid_misfit(problem, s["dt"]) > _GRID_SLACK]
+        if misfit:
+            notes.append(f"dt={misfit[0]:g} does not divide the output intervals evenly: a solver that lands on the "
+                         "output times takes shorter steps, and orders are measured against the nominal dt")
     xs = [s["dt"] if mode == "fixed" else s["rtol"] for s in steps]
     solution = convergence_order(xs, _errors(cells, "solution_error"), floor)
     gradient = convergence_order(xs, _errors(cells, "grad_error"), floor)
