@@ -62,8 +62,8 @@ class TaylorResult:
     points the slope was fitted on; ``slope``/``slope_e0``: least-squares slopes of ``log E1``/``log E0`` vs
     ``log h`` over them (``None`` when unresolved); ``pairwise``: slopes between neighbouring points;
     ``directional``: ``v.g``; ``inconsistency``: ``min E1(h)/h / ||g||`` over the used points, an upper bound on
-    ``|v.(dJ/dtheta - g)| / ||g||`` (comparable with a relative gradient error); ``status``: ``consistent``, ``inconsistent`` or ``unresolved``;
-    ``message``: one line.
+    ``|v.(dJ/dtheta - g)| / ||g||`` (comparable with a relative gradient error); ``status``: ``consistent``,
+    ``inconsistent`` or ``unresolved``; ``message``: one line.
     """
 
     h: np.ndarray

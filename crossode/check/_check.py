@@ -3,8 +3,8 @@
 Per problem and step setting: the forward error of the saved states and the gradient error (``dparams``,
 ``dy0``) against the independent reference, NFE counted through ``func``, time per gradient; per problem: the
 observed orders (:mod:`._orders`), the Taylor test of the gradient against the solver's own loss
-(:func:`crossode._taylor.taylor_test`, at the setting :func:`taylor_index` picks) and the same rows for crossode's built-in
-method of the declared order (:func:`crossode.measure`, ``Direct``), for a work-precision comparison.
+(:func:`crossode._taylor.taylor_test`, at the setting :func:`taylor_index` picks) and the same rows for crossode's
+built-in method of the declared order (:func:`crossode.measure`, ``Direct``), for a work-precision comparison.
 
 Verdict per problem, ``pass``, ``fail`` or ``inconclusive``. Fixed steps: every cell finished (``ok``, or
 ``inaccurate`` at a coarse step: its error still counts); the gradient error shrinks with ``dt``; the gradient's
@@ -24,7 +24,7 @@ import importlib
 import math
 import os
 import statistics
-import sys
+import sysconfig
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -221,12 +221,15 @@ def _step_label(step: dict) -> str:
     return f"dt={step['dt']:g}" if "dt" in step else f"rtol={step['rtol']:g}"
 
 
-def _one_line(e: BaseException, source: str | None) -> str:
+def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     where = ""
     tb = traceback.extract_tb(e.__traceback__)
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    user = [f for f in tb if not os.path.abspath(f.filename).startswith(pkg)]
+    # the innermost frame in the user's own code: not crossode, not an installed library, not the standard library
+    skip = tuple({os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+                 | {os.path.abspath(p) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                    if (p := sysconfig.get_paths().get(k))})
+    user = [f for f in tb if not os.path.abspath(f.filename).startswith(skip) and not f.filename.startswith("<")]
     if user:
         frame = user[-1]
         where = f" ({os.path.basename(frame.filename)}:{frame.lineno})"
@@ -266,10 +269,10 @@ def _run_cell(runner, problem: Problem, ref, step: dict, repeats: int, label: st
         rec.status, rec.message = e.status, e.message
         return rec, None
     except CrossODEError as e:
-        rec.status, rec.message = "crashed", f"odeint raised {_one_line(e, None)}"
+        rec.status, rec.message = "crashed", f"odeint raised {_one_line(e)}"
         return rec, None
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything; it becomes a status
-        rec.status, rec.message = "crashed", f"odeint raised {_one_line(e, None)}"
+        rec.status, rec.message = "crashed", f"odeint raised {_one_line(e)}"
         return rec, None
     rec.loss = res.loss
     rec.nfe_forward, rec.nfe_backward = res.nfe_forward, res.nfe_backward
@@ -356,7 +359,7 @@ def _check_problem(odeint, runner_cls, problem, steps, *, order, builtin, repeat
         try:
             taylor = taylor_test(runner.loss_function(step_kwargs(steps[at])), theta, g, ks=ks, J0=res.loss)
         except Exception as e:  # noqa: BLE001 - reported as a note; the cells already say what failed
-            notes.append(f"Taylor test could not run: {_one_line(e, None)}")
+            notes.append(f"Taylor test could not run: {_one_line(e)}")
     solver = builtin_solver(order, mode == "adaptive") if builtin else None
     rows = _builtin_rows(problem, framework, solver, steps, repeats) if builtin else []
     bgrad = convergence_order(xs, _errors(rows, "grad_error"), floor) if rows else None
@@ -585,6 +588,3 @@ def check(
                        steps=steps, order=order, problems=checks, skipped=skipped, notes=notes,
                        order_tolerance=float(order_tolerance))
 
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

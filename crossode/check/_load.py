@@ -56,7 +56,8 @@ def load_solver(target: str):
                 line = f" (line {tb.tb_lineno})"
             tb = tb.tb_next
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise InvalidInputError(f"importing {os.path.basename(path)} raised {type(e).__name__}: {text}{line}.") from None
+        name_ = os.path.basename(path)
+        raise InvalidInputError(f"importing {name_} raised {type(e).__name__}: {text}{line}.") from None
     obj = module
     for part in name.split("."):
         if not hasattr(obj, part):

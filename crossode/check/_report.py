@@ -81,20 +81,22 @@ def render_text(report, width: int = 160) -> str:
     console.print(cells)
     for p in report.problems:
         if p.status != "pass":
-            console.print(f"{p.status.upper()} {p.problem}: {p.reason}")
+            console.print(f"{p.status.upper()} {p.problem}: {p.reason}", soft_wrap=True)
     for p in report.problems:
         for n in p.notes:
-            console.print(f"note {p.problem}: {n}")
+            console.print(f"note {p.problem}: {n}", soft_wrap=True)
         for b in p.builtin:
             if b.status not in ("ok", "inaccurate"):
-                console.print(f"note {p.problem}: built-in {b.solver} at {_step(b)}: {b.status}: {b.message}")
+                console.print(f"note {p.problem}: built-in {b.solver} at {_step(b)}: {b.status}: {b.message}",
+                              soft_wrap=True)
     for n in report.notes:
-        console.print(f"note: {n}")
+        console.print(f"note: {n}", soft_wrap=True)
     for name, why in report.skipped.items():
-        console.print(f"skipped {name}: {why}")
+        console.print(f"skipped {name}: {why}", soft_wrap=True)
     counts = {k: sum(p.status == k for p in report.problems) for k in ("pass", "fail", "inconclusive")}
     tally = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    console.print(f"{'PASS' if report.passed else 'FAIL'}: {tally} (of {len(report.problems)} problems)")
+    verdict = "PASS" if report.passed else "FAIL"
+    console.print(f"{verdict}: {tally} (of {len(report.problems)} problems)", soft_wrap=True)
     return buf.getvalue()
 
 
@@ -128,15 +130,17 @@ def plot_report(report, path: str) -> None:
     for row, p in zip(axes, probs):
         ax = row[0]
         xs = p.gradient.steps
-        for errs, style, lab in (
-            (p.solution.errors, "o-", "solution"), (p.gradient.errors, "s-", "gradient"),
-            (p.builtin_gradient.errors if p.builtin_gradient else None, "^--", f"gradient, built-in {p.builtin_solver}"),
+        for errs, style, color, lab in (
+            (p.solution.errors, "o-", "C0", "solution"), (p.gradient.errors, "s-", "C1", "gradient"),
+            (p.builtin_gradient.errors if p.builtin_gradient else None, "^--", "C2",
+             f"gradient, built-in {p.builtin_solver}"),
         ):
             if errs is None:
                 continue
             pts = [(x, e) for x, e in zip(xs, errs) if e is not None and e > 0]
             if pts:
-                ax.loglog(*zip(*pts), style, label=lab, **({"mfc": "none", "ms": 9} if "built-in" in lab else {}))
+                ax.loglog(*zip(*pts), style, color=color, label=lab,
+                          **({"mfc": "none", "ms": 9} if "built-in" in lab else {}))
         floor = p.gradient.floor
         shown = [e for e in [*p.solution.errors, *p.gradient.errors] if e is not None and e > 0]
         if shown and floor > min(shown) / 100:  # only when it is near the data (else it squeezes the axis)
@@ -144,9 +148,9 @@ def plot_report(report, path: str) -> None:
         expected = p.expected_order
         gpts = [(xs[i], p.gradient.errors[i]) for i in p.gradient.used]
         if expected is not None and gpts and report.mode == "fixed":
-            x0, e0 = gpts[0]
+            x0, e0 = gpts[0][0], gpts[0][1] / 4  # a guide just below the gradient's line
             ax.loglog([xs[0], xs[-1]], [e0 * (xs[0] / x0) ** expected, e0 * (xs[-1] / x0) ** expected],
-                      color="0.4", lw=0.8, ls="-.", label=f"slope {expected:.2g}")
+                      color="0.4", lw=0.8, ls="-.", label=f"slope {expected:.2g} (expected)")
         verdict = p.status.upper()
         ax.set_title(f"{p.problem}: {verdict}, gradient order {_f(p.gradient.order, '.2f')}", fontsize=10)
         ax.set_xlabel(xlabel)
@@ -156,8 +160,9 @@ def plot_report(report, path: str) -> None:
         if report.mode == "adaptive":
             ax.invert_xaxis()
         ax = row[1]
-        for recs, style, lab, kw in ((p.cells, "s-", report.label, {}),
-                                     (p.builtin, "^--", f"built-in {p.builtin_solver}", {"mfc": "none", "ms": 9})):
+        for recs, style, lab, kw in ((p.cells, "s-", report.label, {"color": "C1"}),
+                                     (p.builtin, "^--", f"built-in {p.builtin_solver}",
+                                      {"mfc": "none", "ms": 9, "color": "C2"})):
             pts = [(r.nfe_forward, r.grad_error) for r in recs
                    if r.status in ("ok", "inaccurate") and r.nfe_forward and r.grad_error]
             if pts:
@@ -180,8 +185,9 @@ def plot_report(report, path: str) -> None:
             if t.used:
                 ax.loglog(t.h[t.used], t.e1[t.used], "s", ms=7, mfc="none", color="k", label="fitted")
                 i = t.used[0]
-                ax.loglog(t.h, t.e1[i] * (t.h / t.h[i]) ** 2, color="0.5", lw=0.8, ls="-.", label="slope 2")
-                ax.loglog(t.h, t.e1[i] * (t.h / t.h[i]), color="0.5", lw=0.8, ls=":", label="slope 1")
+                e = t.e1[i] / 4  # guides just below E1
+                ax.loglog(t.h, e * (t.h / t.h[i]) ** 2, color="0.4", lw=0.8, ls="-.", label="slope 2 (consistent)")
+                ax.loglog(t.h, e * (t.h / t.h[i]), color="0.4", lw=0.8, ls=":", label="slope 1")
             top = np.nanmax(t.e0[ok0]) if ok0.any() else 1.0
             bottom = np.nanmin(t.floor[np.isfinite(t.floor)]) if np.isfinite(t.floor).any() else 1e-16
             ax.set_ylim(max(bottom / 10, 1e-300), top * 10)

@@ -101,3 +101,12 @@ def test_contract_violation_is_exit_1_not_2(bad_files, capsys, monkeypatch):
     code = main(["check", "ok.py:odeint", "--problems", "exponential_decay", "--dt", "0.1,0.05", "--no-builtin"])
     text = capsys.readouterr().out
     assert code == 1 and "odeint returned NoneType, expected a torch.Tensor" in text
+
+
+@pytest.mark.torch
+def test_problem_file(data_dir):
+    pytest.importorskip("torch")
+    out = run(f"{EXAMPLES / 'rk4_torch.py'}:odeint", "--order", "4", "--problem-file", str(data_dir / "damped_linear.toml"),
+              "--no-builtin")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "damped-linear" in out.stdout and "PASS: 1 pass" in out.stdout
