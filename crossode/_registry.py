@@ -118,11 +118,6 @@ class _BackendTable(MutableMapping):
             for key, spec in discover_plugins().items():
                 self._data.setdefault(key, spec)
 
-    def refresh(self) -> None:
-        """Forget discovered plugins and discover again (after installing one in a running process)."""
-        self._data = {k: v for k, v in self._data.items() if v.plugin is None}
-        self._discovered = False
-
     def __getitem__(self, key: str) -> BackendSpec:
         if key not in self._data:
             self._discover()

@@ -83,6 +83,11 @@ def cmd_check(args) -> int:
                    progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(report.table(width=200), end="")
     if args.out:
-        paths = report.write(args.out)
-        print(f"wrote {paths['json']}, {paths['records']}, {paths['figure']}")
+        try:
+            paths = report.write(args.out)
+        except OSError as e:
+            print(f"crossode: error: --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+            return 2
+        figure = paths["figure"] or "no figure (matplotlib is not installed: pip install 'crossode[plot]')"
+        print(f"wrote {paths['json']}, {paths['records']}, {figure}")
     return 0 if report.passed else 1

@@ -102,7 +102,7 @@ def render_text(report, width: int = 160) -> str:
 
 def write_outputs(report, out_dir: str) -> dict[str, str]:
     """``check.json`` (the whole report), ``records.jsonl`` (candidate and built-in records, for
-    ``crossode report``), ``check.png`` (the figure); returns their paths."""
+    ``crossode report``), ``check.png`` (the figure; ``None`` without matplotlib); returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "check.json"), "records": os.path.join(out_dir, "records.jsonl"),
              "figure": os.path.join(out_dir, "check.png")}
@@ -112,6 +112,11 @@ def write_outputs(report, out_dir: str) -> dict[str, str]:
         for p in report.problems:
             for r in [*p.cells, *p.builtin]:
                 fh.write(json.dumps(r.to_dict()) + "\n")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        paths["figure"] = None  # the tables and JSON do not need it
+        return paths
     plot_report(report, paths["figure"])
     return paths
 

@@ -161,6 +161,14 @@ def test_default_problems_skip_dense_outputs():
     assert default_problems(None)[1] == {}
 
 
+def test_named_problem_that_does_not_fit_dt_runs_with_a_note(torch_solvers):
+    r = check(torch_solvers.rk4, "torch", order=4, problems=["cubic_spiral"], dts=[0.1, 0.05], builtin=False,
+              taylor_ks=KS)
+    (p,) = r.problems
+    assert all(c.status == "ok" for c in p.cells)
+    assert any("does not divide the output intervals" in n for n in p.notes)
+
+
 def test_bad_arguments(torch_solvers):
     rk4 = torch_solvers.rk4
     for kwargs, match in [
