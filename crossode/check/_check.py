@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .._errors import CrossODEError, InvalidInputError, fmt_choices
+from .._errors import InvalidInputError, fmt_choices
 from .._harness import _compare, measure
 from .._problem import Problem
 from .._record import GradientOutput, Record, SolverFailure, Stats
@@ -268,9 +268,6 @@ def _run_cell(runner, problem: Problem, ref, step: dict, repeats: int, label: st
     except SolverFailure as e:
         rec.status, rec.message = e.status, e.message
         return rec, None
-    except CrossODEError as e:
-        rec.status, rec.message = "crashed", f"odeint raised {_one_line(e)}"
-        return rec, None
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything; it becomes a status
         rec.status, rec.message = "crashed", f"odeint raised {_one_line(e)}"
         return rec, None
@@ -333,7 +330,10 @@ def _work_order(cells: list[Record], floor: float) -> float | None:
 def _check_problem(odeint, runner_cls, problem, steps, *, order, builtin, repeats, label, ks,
                    framework) -> ProblemCheck:
     mode = "fixed" if "dt" in steps[0] else "adaptive"
-    ref = reference(problem)
+    try:
+        ref = reference(problem)
+    except SolverFailure as e:
+        raise InvalidInputError(f"problem {problem.name!r} has no independent reference: {e.message}") from None
     floor = _resolution(ref)
     runner = runner_cls(odeint, problem)
     cells, results = [], []

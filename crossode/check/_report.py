@@ -39,9 +39,10 @@ def render_text(report, width: int = 160) -> str:
     label = "order" if report.mode == "fixed" else "rtol exp."
     steps = ", ".join(f"{k}={v:g}" for s in report.steps for k, v in s.items() if k != "atol")
     summary = Table(title=f"crossode check: {report.label} ({report.framework}, {report.mode} steps: {steps}); "
-                          f"b-i = built-in comparison method, errors at the finest setting")
-    cols = ["problem", "verdict", f"sol. {label}", f"grad {label} (pairwise)", "expected", "Taylor", "grad err",
-            "NFE", "ms", "built-in", f"b-i {label}", "b-i err", "b-i NFE", "b-i ms"]
+                          "work ord. = slope of gradient error vs 1/NFE; b-i = built-in method; errors, NFE and ms at "
+                          "the finest setting")
+    cols = ["problem", "verdict", f"sol. {label}", f"grad {label} (pairwise)", "expected", "work ord.", "Taylor",
+            "grad err", "NFE", "ms", "built-in", f"b-i {label}", "b-i err", "b-i NFE", "b-i ms"]
     for c in cols:
         summary.add_column(c, justify="left" if c in ("problem", "verdict", "built-in") else "right",
                            no_wrap=c in ("problem", "verdict"))
@@ -54,7 +55,7 @@ def render_text(report, width: int = 160) -> str:
         summary.add_row(
             p.problem, p.status.upper(), _f(p.solution.order, ".2f"),
             f"{_f(p.gradient.order, '.2f')} ({pairwise})" if pairwise else _f(p.gradient.order, ".2f"),
-            _f(p.expected_order, ".2f"), tay,
+            _f(p.expected_order, ".2f"), _f(p.work_order, ".2f"), tay,
             _f(last.grad_error) if last else "-", _f(last.nfe_forward, "d") if last else "-",
             _ms(last) if last else "-", p.builtin_solver or "-",
             _f(p.builtin_gradient.order, ".2f") if p.builtin_gradient else "-",
