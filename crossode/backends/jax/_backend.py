@@ -9,7 +9,7 @@ neutral            JAX
 Euler ... Dopri8   ``diffrax.Euler/Heun/Midpoint/Bosh3/Dopri5/Tsit5/Dopri8``; RK4 = an ``AbstractERK`` subclass
                    built from :data:`crossode._tableaux.RK4_TABLEAU` (fixed step only)
 ImplicitEuler,     ``diffrax.ImplicitEuler/Kvaerno5`` (default root finder: ``VeryChord`` with the controller's
-Kvaerno5           tolerances; with ``Fixed`` steps ``VeryChord(rtol=atol=1e-10)``)
+Kvaerno5           tolerances; with ``Fixed`` steps Newton, :func:`fixed_step_root_finder`)
 Adaptive           :class:`._control.LandingController`: the PyTorch backend's I-controller as a Diffrax
                    controller (same norm, exponent, factor limits and landing rule, so both backends take the same
                    steps; it equals ``ClipStepSizeController(PIDController(rtol, atol, error_order=q),
@@ -24,10 +24,11 @@ Direct             ``RecursiveCheckpointAdjoint(checkpoints=max_steps)``: every 
                    steps (the stages of a step are still recomputed once, Diffrax's ``scan_kind="checkpointed"``)
 Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default
                    ``floor(-1.5 + sqrt(2 max_steps + 0.25)) + 1`` stated explicitly (binomial checkpointing)
-Backsolve          ``BacksolveAdjoint``: backward solve with the same solver; adaptive: ``PIDController(rtol, atol,
-                   norm=adjoint_rms_seminorm)`` (parameter adjoints excluded from error control, as torchdiffeq's
-                   seminorm); fixed: ``ConstantStepSize`` with ``dt0 = -dt`` (Diffrax rescales the steps of each
-                   interval between save times to land on it)
+Backsolve          ``BacksolveAdjoint(throw=True)``: backward solve with the same solver; adaptive:
+                   ``PIDController(rtol, atol)``, error control over the whole augmented state (Diffrax's and
+                   torchdiffeq's default, as the PyTorch backend); fixed: :class:`._control.GridController`, the
+                   forward grid walked in reverse (as PyTorch). A failed backward solve raises inside the program
+                   and becomes the failure's status (``max_steps``, ``solver_error``, ...)
 Forward            ``ForwardMode`` + ``jax.jacfwd``
 ALF + MALI         :mod:`._mali` (``jax.custom_vjp``, constant memory)
 ALF + Direct       reverse-mode autodiff through the same ALF steps (Equinox checkpointed while loop with
@@ -73,6 +74,7 @@ and step counts), so a call costs one device-to-host transfer. ``synchronize`` b
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -86,6 +88,7 @@ import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optimistix as optx  # noqa: E402
 
 from ... import _stepping as hairer  # noqa: E402
 from ..._backend import Prepared  # noqa: E402
@@ -118,7 +121,7 @@ from ..._solvers import (  # noqa: E402
     fixed_grid,
 )
 from ._alf import FAIL_CODES, ALFConfig, alf_loop  # noqa: E402
-from ._control import make_landing_controller  # noqa: E402
+from ._control import GridController, make_landing_controller  # noqa: E402
 from ._field import make_vector_field  # noqa: E402
 from ._mali import make_mali_solve  # noqa: E402
 
@@ -205,6 +208,21 @@ def _gradient_of(loss_fn, *, forward: bool):
     return grad_fn
 
 
+def fixed_step_root_finder(dtype) -> optx.Newton:
+    """The root finder of implicit solvers on ``Fixed`` steps: Newton with Cauchy termination at ``1e-10``
+    (``100 eps`` in float32), up to the solver's ``root_find_max_steps`` (10) iterations.
+
+    Not Diffrax's adaptive default ``VeryChord``: it declares divergence when the chord iteration has not met its
+    convergence test after two iterations, which an adaptive controller answers by rejecting and shrinking the
+    step, but a fixed grid cannot. On ``y' = -a y`` at ``dt = 0.1`` the backward (adjoint) solve of Backsolve, a
+    bilinear system, fails that test in its first step with ``VeryChord(rtol=atol=1e-10)`` (also at 1e-8 and
+    1e-6), while Newton converges in every step. A root find that does not converge is still a failure
+    (``solver_error``), never a silently wrong step.
+    """
+    tol = max(1e-10, 100.0 * float(jnp.finfo(dtype).eps))
+    return optx.Newton(rtol=tol, atol=tol)
+
+
 def default_checkpoints(max_steps: int) -> int:
     """Diffrax/Equinox's default number of RCA checkpoints for ``max_steps`` (stated explicitly by crossode)."""
     return int(math.floor(-1.5 + math.sqrt(2 * max_steps + 0.25))) + 1
@@ -228,6 +246,31 @@ def _decode_result(code: int) -> tuple[str, str]:
     if code == int(R.dt_min_reached._value):
         return "step_size_too_small", message
     return "solver_error", message or f"diffrax result {code}"
+
+
+def _decode_runtime_error(error: Exception) -> tuple[str, str] | None:
+    """``(status, message)`` of a Diffrax failure raised at run time (``throw=True``: the backward solve of
+    ``BacksolveAdjoint``), recognised by its ``RESULTS`` message; ``None`` for any other error."""
+    text = str(error)
+    messages = sorted(enumerate(diffrax.RESULTS._index_to_message), key=lambda im: -len(im[1]))
+    for code, message in messages:
+        if message and message.splitlines()[0] in text:
+            return _decode_result(code)
+    return None
+
+
+class _QuietDiffraxFailures(logging.Filter):
+    """Drop JAX's ``jax.pure_callback failed`` log record (a full traceback on stderr) when the failing callback
+    is an Equinox runtime error carrying a Diffrax result: :meth:`_Prepared.gradient` turns exactly those into a
+    status with a one-line message. Every other callback failure is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "EquinoxRuntimeError" in type(exc).__name__
+                    and _decode_runtime_error(exc) is not None)
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietDiffraxFailures())
 
 
 # ------------------------------------------------------------------------------------------------ backend
@@ -376,7 +419,11 @@ class _Prepared(Prepared):
             t = time.perf_counter()
             self._solve_c.lower(self.y0, self.params).compile()
             self.compile_solve_s = time.perf_counter() - t
-            jax.block_until_ready(self._grad_c(self.y0, self.params))
+            try:
+                jax.block_until_ready(self._grad_c(self.y0, self.params))
+            except jax.errors.JaxRuntimeError as e:  # a backward-solve failure: `gradient` reports it as a status
+                if _decode_runtime_error(e) is None:
+                    raise
             jax.block_until_ready(self._solve_c(self.y0, self.params))
 
     # -- building ------------------------------------------------------------------------------------------
@@ -388,7 +435,7 @@ class _Prepared(Prepared):
         solver, step, sens = self.solver, self.step, self.sensitivity
         dsolver = _DIFFRAX_SOLVERS[type(solver)]
         if isinstance(solver, (ImplicitEuler, Kvaerno5)) and isinstance(step, Fixed):
-            dsolver_obj = dsolver(root_finder=diffrax.VeryChord(rtol=1e-10, atol=1e-10))
+            dsolver_obj = dsolver(root_finder=fixed_step_root_finder(self.dtype))
         else:
             dsolver_obj = dsolver()
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args))
@@ -407,12 +454,18 @@ class _Prepared(Prepared):
             adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
         elif isinstance(sens, Backsolve):
             if isinstance(step, Fixed):
-                back = dict(stepsize_controller=diffrax.ConstantStepSize(),
-                            dt0=-step.dt if self.t1 > self.t0 else step.dt)
+                # the forward grid, in the time variable of the forward solve (Diffrax integrates a backward
+                # span t0 > t1 forwards in -t); the backward solve walks it in reverse
+                direction = 1.0 if self.t1 > self.t0 else -1.0
+                back = dict(stepsize_controller=GridController(jnp.asarray(direction * self.grid)), dt0=None)
             else:
-                back = dict(stepsize_controller=diffrax.PIDController(rtol=step.rtol, atol=step.atol,
-                                                                      norm=diffrax.adjoint_rms_seminorm))
-            adjoint = diffrax.BacksolveAdjoint(solver=dsolver_obj, max_steps=self.max_steps, **back)
+                # error control over the whole augmented state (y, a_y, a_params): Diffrax's and torchdiffeq's
+                # default, and the PyTorch backend's; the backward dt0 is Diffrax's default -dt0
+                back = dict(stepsize_controller=diffrax.PIDController(rtol=step.rtol, atol=step.atol))
+            # throw=True: Diffrax discards the backward solve's result, so a failed backward solve (max_steps, a
+            # root find that did not converge) would silently return the adjoint of a partial solve; raised
+            # instead and turned into a status by `gradient`
+            adjoint = diffrax.BacksolveAdjoint(solver=dsolver_obj, max_steps=self.max_steps, throw=True, **back)
         else:  # Forward
             adjoint = diffrax.ForwardMode()
         return term, dsolver_obj, controller, dt0, adjoint
@@ -611,10 +664,27 @@ class _Prepared(Prepared):
             raise SolverFailure("diverged", "the saved states are non-finite")
         return SolveOutput(ys=ys, stats=self._stats(info, gradient=False))
 
+    def _backward_failed(self, error: Exception):
+        """Raise the status of a run-time Diffrax failure of the gradient program (the backward solve of
+        Backsolve, which runs with ``throw=True``); the forward solve's own failure takes precedence."""
+        decoded = _decode_runtime_error(error)
+        if decoded is None:
+            raise error
+        info = np.asarray(self._solve_c(self.y0, self.params))[-4:]
+        if info[0] != 0:
+            self._fail(int(info[0]))
+        status, message = decoded
+        raise SolverFailure(status, f"diffrax: the backward (adjoint) solve failed: {message.splitlines()[0]} "
+                                    f"(max_steps={self.max_steps} per interval between save times)") from None
+
     def gradient(self) -> GradientOutput:
         self._check_grid()
-        out = self._last = self._grad_c(self.y0, self.params)
-        out = np.asarray(out)
+        self._last = None
+        try:
+            out = self._grad_c(self.y0, self.params)
+            self._last, out = out, np.asarray(out)
+        except jax.errors.JaxRuntimeError as e:
+            self._backward_failed(e)
         s_dp, s_dy0, s_info = self._slices
         info = out[s_info]
         if info[0] != 0:
