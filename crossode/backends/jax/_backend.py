@@ -20,10 +20,14 @@ Fixed              ``StepTo(ts=fixed_grid(t0, t1, dt, saveat))``; ``max_steps`` 
 saveat             ``SaveAt(ts=problem.saveat)``; every save time is a step end (adaptive: the controller lands on
                    it; fixed: it is on the grid), so the dense-output interpolation is evaluated at a step end and
                    returns that step's solution (to round-off)
-Direct             ``RecursiveCheckpointAdjoint(checkpoints=max_steps)``: every step stored, no recomputation of
-                   steps (the stages of a step are still recomputed once, Diffrax's ``scan_kind="checkpointed"``)
-Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default
-                   ``floor(-1.5 + sqrt(2 max_steps + 0.25)) + 1`` stated explicitly (binomial checkpointing)
+Direct             adaptive: ``RecursiveCheckpointAdjoint()``, what a Diffrax user writes (its default
+                   ``floor(-1.5 + sqrt(2 max_steps + 0.25)) + 1`` checkpoints, stated explicitly: 446 at the default
+                   ``max_steps`` 100000; every step stored while the solve takes no more steps than that, binomial
+                   recomputation beyond); fixed: ``checkpoints`` = the grid's steps (every step stored). The old
+                   ``checkpoints=max_steps`` gave the same gradient at 24-87x the XLA temporary memory
+                   (``comparisons/jax_direct.py``). Each step's stages are recomputed once in the backward pass
+                   (Diffrax's ``scan_kind="checkpointed"``). In JAX, adaptive ``Direct`` = ``Checkpointed()``
+Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default (as above)
 Backsolve          ``BacksolveAdjoint(throw=True)``: backward solve with the same solver; adaptive:
                    ``PIDController(rtol, atol)``, error control over the whole augmented state (Diffrax's and
                    torchdiffeq's default, as the PyTorch backend); fixed: :class:`._control.GridController`, the
@@ -49,12 +53,13 @@ NFE (Diffrax reports steps only; these rules are checked against a counting vect
   Bosh3 (3, 1), Dopri5/Tsit5 (6, 1), Dopri8 (13, 1): every attempted step (accepted or rejected) costs ``c``;
   FSAL methods evaluate ``f(t0, y0)`` once at the start (``c0``). ``+2`` when ``dt0`` was chosen automatically
   (Hairer's algorithm: ``f(t0, y0)`` and one probe).
-- reverse mode (Direct, Checkpointed with ``checkpoints >= num_steps``): backward = primal re-evaluations
+- reverse mode (Direct, Checkpointed) with ``num_steps <= checkpoints``: backward = primal re-evaluations
   ``r * (c * num_steps + c0)`` (``r = 2`` for Diffrax RK solvers: the step is re-run, then its stage scan is
   re-run inside the VJP, and the FSAL start-up evaluation twice too; ``r = 1`` for Euler) plus one VJP per forward
   evaluation: ``nfe_backward = (r + 1) * (c * num_steps + c0)``.
-- everything without a closed rule (``None`` when the backend is built with ``count_nfe=False``) (bounded checkpointing with more steps than checkpoints, Backsolve (Diffrax
-  does not report the backward solve's steps), implicit solvers) is *counted* once per prepared cell with a
+- everything without a closed rule (reverse mode with more steps than checkpoints, where Equinox recomputes
+  steps; Backsolve, whose backward steps Diffrax does not report; implicit solvers) is *counted* once per
+  prepared cell (``None`` when the backend is built with ``count_nfe=False``) with a
   counting vector field (``jax.debug.callback``) in a separate, untimed program the first time
   :meth:`gradient`/:meth:`solve` needs it; that first call is slower. Backsolve: every backward primal evaluation
   is counted with one VJP (``2 x`` counted backward evaluations).
@@ -63,10 +68,11 @@ NFE (Diffrax reports steps only; these rules are checked against a counting vect
   2 per accepted step (one evaluation at the step's midpoint, serving both the inverse step and the VJP, + that
   VJP) + 1 (VJP of ``v0``); ALF + Direct backward = 2 per step attempt (re-evaluation, VJP) + 1.
 
-Timing: :meth:`prepare` lowers and compiles the gradient and solve programs ahead of time
-(``jax.jit(f).lower(...).compile()``); ``Prepared.compile_s`` is the gradient program's lower + compile time.
-The AOT executable is then reused by the jitted functions (JAX's compilation cache; one untimed call in
-``prepare`` fills the C++ dispatch fast path). Each call returns ONE packed float64 vector (loss, gradients, status
+Timing: :meth:`prepare` lowers and compiles the gradient program ahead of time (``jax.jit(f).lower(...).compile()``);
+``Prepared.compile_s`` is its lower + compile time. The AOT executable is then reused by the jitted function (JAX's
+compilation cache; one untimed call in ``prepare`` fills the C++ dispatch fast path). The forward-solve program is
+compiled on the first :meth:`solve` call (``compile_solve_s``), so a cell that times only gradients never compiles
+it; the harness makes one untimed warm-up ``solve`` call before timing solves. Each call returns ONE packed float64 vector (loss, gradients, status
 and step counts), so a call costs one device-to-host transfer. ``synchronize`` blocks on the last outputs. Memory: ``peak_memory()`` is the compiled gradient program's
 ``memory_analysis().temp_size_in_bytes`` on CPU (kind ``xla_temp``), ``peak_bytes_in_use`` on GPU
 (``jax_gpu_peak``, since process start: run one cell per process).
@@ -289,7 +295,8 @@ class DiffraxBackend:
     name = "jax"
 
     def __init__(self, aot: bool = True, count_nfe: bool = True):
-        #: compile the gradient and solve programs in ``prepare`` (ahead of time); ``False`` = on first call
+        #: compile the gradient program in ``prepare`` and the solve program on the first ``solve`` call, ahead of
+        #: time (``compile_s``, ``memory_analysis``); ``False`` = plain jit, compiled on first call
         self.aot = aot
         #: run the counting program where no closed NFE rule exists; ``False`` reports ``None`` there instead
         self.count_nfe = count_nfe
@@ -345,10 +352,13 @@ class DiffraxBackend:
 
 class _Prepared(Prepared):
     """One compiled cell. Attributes: ``compile_s`` (gradient program lower + compile seconds),
-    ``compile_solve_s``, ``dt0`` (first step used, adaptive only), ``max_steps``, ``checkpoints``."""
+    ``compile_solve_s`` (the solve program's, set by the first :meth:`solve`), ``dt0`` (first step used, adaptive
+    only), ``max_steps``, ``checkpoints``, ``adjoint`` (the Diffrax adjoint object; ``None`` for ALF)."""
 
     def __init__(self, problem, solver, sensitivity, step, device, dtype, aot=True, count_nfe=True):
         self.count_nfe = count_nfe
+        self.aot = aot
+        self.adjoint = None
         self.problem, self.solver, self.sensitivity, self.step = problem, solver, sensitivity, step
         self.device_name = "gpu" if device == "cuda" else device
         self.device = (_gpu_devices() if self.device_name == "gpu" else jax.devices("cpu"))[0]
@@ -416,17 +426,26 @@ class _Prepared(Prepared):
             t = time.perf_counter()
             self._grad_compiled = self._grad_c.lower(self.y0, self.params).compile()
             self.compile_s = time.perf_counter() - t
-            t = time.perf_counter()
-            self._solve_c.lower(self.y0, self.params).compile()
-            self.compile_solve_s = time.perf_counter() - t
             try:
                 jax.block_until_ready(self._grad_c(self.y0, self.params))
             except jax.errors.JaxRuntimeError as e:  # a backward-solve failure: `gradient` reports it as a status
                 if _decode_runtime_error(e) is None:
                     raise
-            jax.block_until_ready(self._solve_c(self.y0, self.params))
+            # the forward-solve program is compiled on the first `solve` call: a cell that times only gradients
+            # never pays for it
 
     # -- building ------------------------------------------------------------------------------------------
+
+    def _checkpoints(self) -> int:
+        """Stored loop states of reverse mode (``Direct``, ``Checkpointed``; see the module docstring)."""
+        sens = self.sensitivity
+        if isinstance(sens, Checkpointed) and sens.checkpoints is not None:
+            return sens.checkpoints
+        if isinstance(sens, Direct) and (self.grid is not None or self.is_alf):
+            # a fixed grid: max_steps = its steps, one slot per step taken; ALF (crossode's own loop, no Diffrax
+            # default to follow): a slot for every step allowed, as before
+            return self.max_steps
+        return default_checkpoints(self.max_steps)  # Diffrax's RecursiveCheckpointAdjoint() default
 
     def _loss(self, ys):
         return self.problem.loss.apply(ys, self.weights)
@@ -446,11 +465,8 @@ class _Prepared(Prepared):
             controller = make_landing_controller(step.rtol, step.atol, self.t0, self.t1, self.saveat,
                                                  _error_order(solver))
             dt0 = self.dt0 if self.t1 > self.t0 else -self.dt0
-        if isinstance(sens, Direct):
-            self.checkpoints = self.max_steps
-            adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.max_steps)
-        elif isinstance(sens, Checkpointed):
-            self.checkpoints = sens.checkpoints if sens.checkpoints is not None else default_checkpoints(self.max_steps)
+        if isinstance(sens, (Direct, Checkpointed)):
+            self.checkpoints = self._checkpoints()
             adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
         elif isinstance(sens, Backsolve):
             if isinstance(step, Fixed):
@@ -473,6 +489,8 @@ class _Prepared(Prepared):
     def _build_diffrax(self, counting: Callable | None = None):
         f = self.f if counting is None else counting
         term, dsolver, controller, dt0, adjoint = self._diffrax_parts(f)
+        if counting is None:
+            self.adjoint = adjoint
         saveat = diffrax.SaveAt(ts=jnp.asarray(self.saveat))
         t0, t1, max_steps = self.t0, self.t1, self.max_steps
 
@@ -540,11 +558,7 @@ class _Prepared(Prepared):
                 kind, ckpt = "lax", None
             else:
                 kind = "checkpointed"
-                if isinstance(sens, Direct):
-                    ckpt = self.max_steps
-                else:
-                    ckpt = sens.checkpoints if sens.checkpoints is not None else default_checkpoints(self.max_steps)
-                self.checkpoints = ckpt
+                ckpt = self.checkpoints = self._checkpoints()
 
             def loss_fn(y0, p):
                 r = alf_loop(f, cfg, y0, f(t0, y0, p), p, kind=kind, checkpoints=ckpt)
@@ -654,6 +668,10 @@ class _Prepared(Prepared):
 
     def solve(self) -> SolveOutput:
         self._check_grid()
+        if self.aot and self.compile_solve_s is None:  # compiled on first use, not in `prepare`
+            t = time.perf_counter()
+            self._solve_c.lower(self.y0, self.params).compile()
+            self.compile_solve_s = time.perf_counter() - t
         out = self._last = self._solve_c(self.y0, self.params)
         out = np.asarray(out)
         info = out[-4:]
