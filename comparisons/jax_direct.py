@@ -93,7 +93,7 @@ def program(problem, field, dt0, rtol, max_steps, adjoint):
     return grad
 
 
-def main(quick: bool = False, rtol: float = 1e-6, batches: int = 10, min_seconds: float = 2.0):
+def main(quick: bool = False, rtol: float = 1e-6, batches: int = 20, min_seconds: float = 4.0):
     rows = []
     for name, problem, max_steps in cells(quick):
         field = make_vector_field(problem)

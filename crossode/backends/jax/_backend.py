@@ -24,7 +24,7 @@ Direct             adaptive: ``RecursiveCheckpointAdjoint()``, what a Diffrax us
                    ``floor(-1.5 + sqrt(2 max_steps + 0.25)) + 1`` checkpoints, stated explicitly: 446 at the default
                    ``max_steps`` 100000; every step stored while the solve takes no more steps than that, binomial
                    recomputation beyond); fixed: ``checkpoints`` = the grid's steps (every step stored). The old
-                   ``checkpoints=max_steps`` gave the same gradient at 24-87x the XLA temporary memory
+                   ``checkpoints=max_steps`` gave the same gradient at 13-87x the XLA temporary memory
                    (``comparisons/jax_direct.py``). Each step's stages are recomputed once in the backward pass
                    (Diffrax's ``scan_kind="checkpointed"``). In JAX, adaptive ``Direct`` = ``Checkpointed()``
 Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default (as above)

@@ -174,6 +174,20 @@ def test_reverse_time_fixed_backsolve_walks_the_forward_grid(name):
     assert co.relative_error(_grad(j), ref) < tol
 
 
+@pytest.mark.torch
+def test_fixed_backsolve_with_save_times_equals_torch():
+    """Several save times (one backward diffeqsolve per interval, the controller state carried across): JAX still
+    walks the forward grid in reverse, so it equals the PyTorch backend's Backsolve to round-off."""
+    pytest.importorskip("torch")
+    problem = co.get_problem("lotka_volterra", t1=2.0).remake(saveat=[0.45, 1.0, 2.0])  # 0.45 is off the 0.1 grid
+    step = Fixed(dt=0.1)
+    j = LAZY.prepare(problem, co.Dopri5(), Backsolve(), step).gradient()
+    t = co.gradient(problem, "torch", co.Dopri5(), Backsolve(), step)
+    assert j.stats.steps_accepted == t.stats.steps_accepted == 21
+    assert co.relative_error(_grad(j), _grad(t)) < 1e-12
+    assert co.relative_error(_grad(j), co.reference(problem).grad) < 1e-5
+
+
 def test_reverse_time_fixed_backsolve_matches_diffrax():
     """On [4, 0.4] (12 steps of 0.3, so Diffrax's ConstantStepSize takes the same grid): crossode's JAX Backsolve
     equals Diffrax's BacksolveAdjoint with constant steps, dt0 = -0.3."""
