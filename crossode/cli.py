@@ -1,5 +1,5 @@
 """The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
-``report`` (and ``julia-setup``).
+``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`) and ``julia-setup``.
 
 Exit status of ``compare``: 0 when at least one cell finished ``ok``; 1 when cells ran but none is ``ok``; 2 for bad
 input (unknown names, malformed or hostile problem files, an unusable ``--out``, unavailable backends that were
@@ -81,7 +81,8 @@ def cmd_info(args) -> int:
     print(f"crossode {_pkg_version('crossode') or 'dev'}  python {sys.version.split()[0]}")
     for name in BACKENDS:
         reason = unavailable_reason(name)
-        versions = ", ".join(f"{p} {v}" for p in _PACKAGES[name] if (v := _pkg_version(p)))
+        packages = _PACKAGES.get(name, BACKENDS[name].packages)  # plugins: their distribution
+        versions = ", ".join(f"{p} {v}" for p in packages if (v := _pkg_version(p)))
         if reason is None:
             devices = ""
             if args.devices:
@@ -102,7 +103,7 @@ def _backend_instances() -> dict:
     """Instances of the registered backends whose ``supports()`` can be called here (see :func:`support_matrix`)."""
     import importlib
 
-    from ._registry import BACKENDS
+    from ._registry import BACKENDS, get_backend, unavailable_reason
 
     out = {}
     for name, spec in BACKENDS.items():
@@ -111,11 +112,17 @@ def _backend_instances() -> dict:
         missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
         if missing and name != "julia":
             continue
-        module, cls = spec.target.split(":")
         try:
-            out[name] = getattr(importlib.import_module(module), cls)()
+            if spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
+                if unavailable_reason(name) is not None:
+                    continue
+                backend = get_backend(name)
+            else:
+                module, cls = spec.target.split(":")
+                backend = getattr(importlib.import_module(module), cls)()
         except Exception:  # noqa: BLE001
             continue
+        out[name] = backend
     return out
 
 
@@ -454,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
     sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
+    from .check import _cli as check_cli
+
+    check_cli.add_check_parser(sub)
     js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
     js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
     js.set_defaults(func=cmd_julia_setup)
