@@ -105,6 +105,7 @@ class Record:
     time of the first call (tracing, compilation, JIT warm-up). ``memory_kind`` says what
     ``peak_memory_bytes`` measured (e.g. ``cpu_rss``: peak resident set above the pre-call baseline;
     ``cuda_allocator``: ``torch.cuda.max_memory_allocated``; ``xla_temp``: compiled program temp size).
+    ``host`` is the machine that ran the cell (sweeps; timings compare only between records of one host).
     """
 
     problem: str
@@ -143,6 +144,7 @@ class Record:
     tags: dict = dataclasses.field(default_factory=dict)
     dparams: list | None = None
     dy0: list | None = None
+    host: str | None = None
 
     @property
     def ok(self) -> bool:
