@@ -7,7 +7,8 @@ import sys
 
 from .._errors import InvalidInputError
 
-__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "add_sweep_arguments", "add_report_parser"]
+__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "add_sweep_arguments", "add_report_parser",
+           "make_executor"]
 
 # one-cell flags of `compare` that a config replaces, with their parser defaults
 _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": None, "sensitivity": None,
@@ -16,16 +17,24 @@ _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": N
 
 
 def add_sweep_arguments(c) -> None:
-    """Add ``--config``, ``--resume``, ``--jobs``, ``--timeout`` to the ``compare`` parser."""
+    """Add ``--config``, ``--resume``, ``--jobs``, ``--timeout``, ``--executor``, ``--scheduler``, ``--workers`` to
+    the ``compare`` parser."""
     c.add_argument("--config", help="TOML sweep config (problems x backends x solvers x ...); see crossode.sweep")
     c.add_argument("--resume", action="store_true", help="with --config: skip cells already in the results file")
     c.add_argument("--jobs", type=int, help="with --config: cells run in parallel (default: the config's, else 1)")
     c.add_argument("--timeout", type=float, help="with --config: per-cell time limit in seconds")
+    c.add_argument("--executor", choices=("local", "dask"),
+                   help="with --config: run cells on this machine (default) or on a Dask cluster")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: an existing cluster's scheduler, e.g. tcp://head:8786")
+    c.add_argument("--workers", type=int, metavar="N",
+                   help="with --executor dask: start a local Dask cluster of N worker processes")
 
 
 def check_sweep_flags(args) -> None:
     """Sweep-only flags without ``--config`` are an error (they would silently do nothing)."""
-    used = [f"--{n}" for n in ("resume", "jobs", "timeout") if getattr(args, n, None) not in (None, False)]
+    used = [f"--{n}" for n in ("resume", "jobs", "timeout", "executor", "scheduler", "workers")
+            if getattr(args, n, None) not in (None, False)]
     if used and not getattr(args, "config", None):
         raise InvalidInputError(f"{', '.join(used)} only apply with --config.")
 
@@ -46,10 +55,38 @@ def compare_config(args) -> int:
     out = args.out or config.output
     if not out:
         raise InvalidInputError("no results file: set `output` in the config or pass --out.")
-    jobs = args.jobs or config.jobs
-    run_sweep(config.cells, out, resume=args.resume, jobs=jobs, timeout=args.timeout)
+    executor = make_executor(args, config)
+    run_sweep(config.cells, out, resume=args.resume, executor=executor, timeout=args.timeout)
     print(f"results: {out}  (tables and figures: crossode report {out})")
     return 0
+
+
+def make_executor(args, config):
+    """The executor the flags and the config's ``[executor]`` table ask for (flags win)."""
+    from ._executor import LocalExecutor
+
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers must be a positive integer; got {args.workers}.")
+    table = config.executor or {"kind": "local"}
+    kind = args.executor or ("dask" if args.scheduler or args.workers else None) or table["kind"]
+    if kind == "local":
+        if args.scheduler or args.workers:
+            raise InvalidInputError("--scheduler and --workers need --executor dask.")
+        return LocalExecutor(jobs=args.jobs or config.jobs)
+    if args.jobs is not None:
+        raise InvalidInputError("--jobs applies to the local executor; with --executor dask the cluster's worker "
+                                "threads decide how many cells run at once (--workers N for a local cluster).")
+    if args.scheduler is not None and args.workers is not None:
+        raise InvalidInputError("give --scheduler (an existing cluster) or --workers (a local cluster), not both.")
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise InvalidInputError("--scheduler must be a scheduler address such as tcp://head:8786.")
+    address, workers = args.scheduler, args.workers
+    if address is None and workers is None:
+        address, workers = table.get("address"), table.get("workers")
+    from ._dask import DaskExecutor, _distributed
+
+    _distributed()  # a clear error now if distributed is missing
+    return DaskExecutor(address=address, workers=workers)
 
 
 def add_report_parser(sub, func) -> None:

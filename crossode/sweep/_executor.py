@@ -54,9 +54,15 @@ counts from then. The start-up gets ``max(STARTUP_LIMIT_S, cell.timeout)``."""
 
 
 class Executor(abc.ABC):
-    """Runs sweep cells. ``jobs`` is the number of cells it runs at the same time."""
+    """Runs sweep cells. ``jobs`` is the number of cells it runs at the same time; ``local`` says the cells run on
+    this machine (so a backend unavailable here is recorded as such without starting anything)."""
 
     jobs: int = 1
+    local: bool = True
+
+    def describe(self) -> str:
+        """A few words on where cells run, for the sweep's first line."""
+        return f"jobs={self.jobs}"
 
     @abc.abstractmethod
     def run(self, cells: Sequence[Cell], on_start: Callable[[Cell], None] | None = None

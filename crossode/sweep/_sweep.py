@@ -79,7 +79,8 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
     **Arguments:**
     - ``resume``: skip cells that already have a record in ``out``; without it, an ``out`` that already holds
       records of these cells is an error (nothing is overwritten or duplicated).
-    - ``executor``: how cells run (default :class:`LocalExecutor` with ``jobs``).
+    - ``executor``: how cells run (default :class:`LocalExecutor` with ``jobs``; or a
+      :class:`~crossode.sweep.DaskExecutor`).
     - ``timeout``: per-cell limit in seconds, overriding the cells' own.
     - ``progress`` / ``summary``: show a progress bar (ETA, current cell) / print a summary table at the end.
 
@@ -106,15 +107,16 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
             todo = [dataclasses.replace(c, timeout=float(timeout)) for c in todo]
         if progress and (done or todo):
             console.print(f"[bold]{len(cells)} cells[/bold]: {len(done)} already in {os.fspath(out)}, "
-                          f"{len(todo)} to run (jobs={executor.jobs}).")
+                          f"{len(todo)} to run ({executor.describe()}).")
         quick, slow = [], []
-        for c in todo:
-            (quick if unavailable_reason(c.backend) is not None else slow).append(c)
+        for c in todo:  # on a remote cluster the workers decide what is available
+            (quick if executor.local and unavailable_reason(c.backend) is not None else slow).append(c)
 
         count = [len(done)]
 
         def record(cell, rec, bar=None):
-            rec.tags.update(extra)
+            for k, v in extra.items():  # a remote worker has already put in its own machine and commit
+                rec.tags.setdefault(k, v)
             store.append(rec)
             count[0] += 1
             first = rec.message.splitlines()[0][:160] if rec.message else ""

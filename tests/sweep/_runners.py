@@ -47,6 +47,9 @@ def act(data):
     elif what == "kill_parent":
         os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(600)
+    elif what == "kill_worker":  # the process that runs the executor: a Dask worker
+        os.kill(int(os.environ["CROSSODE_SWEEP_PARENT"]), signal.SIGKILL)
+        time.sleep(600)
     elif what == "sleep":
         time.sleep(float(tags["seconds"]))
     rec = run_cell(data)
