@@ -67,12 +67,13 @@ def make_executor(args, config):
 
     if args.workers is not None and args.workers < 1:
         raise InvalidInputError(f"--workers must be a positive integer; got {args.workers}.")
-    table = config.executor or {"kind": "local"}
+    table = config.executor or {"kind": "local", "start": "auto"}
+    start = table.get("start", "auto")
     kind = args.executor or ("dask" if args.scheduler or args.workers else None) or table["kind"]
     if kind == "local":
         if args.scheduler or args.workers:
             raise InvalidInputError("--scheduler and --workers need --executor dask.")
-        return LocalExecutor(jobs=args.jobs or config.jobs)
+        return LocalExecutor(jobs=args.jobs or config.jobs, start=start)
     if args.jobs is not None:
         raise InvalidInputError("--jobs applies to the local executor; with --executor dask the cluster's worker "
                                 "threads decide how many cells run at once (--workers N for a local cluster).")
@@ -86,7 +87,7 @@ def make_executor(args, config):
     from ._dask import DaskExecutor, _distributed
 
     _distributed()  # a clear error now if distributed is missing
-    return DaskExecutor(address=address, workers=workers)
+    return DaskExecutor(address=address, workers=workers, start=start)
 
 
 def add_report_parser(sub, func) -> None:

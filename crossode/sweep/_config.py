@@ -11,6 +11,8 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     kind = "dask"                        # "local" (default: this machine, `jobs` at a time) or "dask"
     address = "tcp://head:8786"          # dask: an existing cluster's scheduler ...
     workers = 4                          # ... or a LocalCluster of this many worker processes
+    start = "auto"                       # "auto": fork torch/jax/reference cells from a pre-imported template;
+                                         #   "spawn": a fresh interpreter for every cell
 
     # ---- grid keys: allowed at the top level (defaults for every [[grid]]) and inside each [[grid]] ----
     problems = ["lotka_volterra",        # zoo names, or tables:
@@ -75,7 +77,7 @@ _GRID = {
     "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference", "save_gradients", "tags",
     "resources",
 }
-_EXECUTOR_KEYS = {"kind", "address", "workers"}
+_EXECUTOR_KEYS = {"kind", "address", "workers", "start"}
 EXECUTOR_KINDS = ("local", "dask")
 _PROBLEM_KEYS = {"name", "file", "overrides", "scan"}
 _METHOD_KEYS = {"solver", "sensitivity", "solver_options", "sensitivity_options"}
@@ -273,7 +275,8 @@ class SweepConfig:
     dropped: list[str] = dataclasses.field(default_factory=list)
     """(solver, sensitivity, step) combinations of solver x sensitivity products left out, with the reason."""
     executor: dict = dataclasses.field(default_factory=dict)
-    """The ``[executor]`` table: ``kind`` (``"local"``/``"dask"``) and, for Dask, ``address`` or ``workers``."""
+    """The ``[executor]`` table: ``kind`` (``"local"``/``"dask"``), ``start`` (``"auto"``/``"spawn"``) and, for Dask,
+    ``address`` or ``workers``."""
 
 
 def load_config(path: str | os.PathLike) -> SweepConfig:
@@ -346,12 +349,15 @@ def _executor(table) -> dict:
     if "address" in out and "workers" in out:
         raise InvalidInputError("[executor]: give `address` (an existing cluster) or `workers` (a local cluster), "
                                 "not both.")
+    start = table.get("start", "auto")
+    if start not in ("auto", "spawn"):
+        raise InvalidInputError(f"[executor] `start` must be \"auto\" or \"spawn\"; got {start!r}.")
     kind = table.get("kind", "dask" if out else "local")
     if kind not in EXECUTOR_KINDS:
         raise InvalidInputError(f"[executor] `kind` must be one of {fmt_choices(EXECUTOR_KINDS)}; got {kind!r}.")
     if kind == "local" and out:
         raise InvalidInputError("[executor]: `address` and `workers` need kind = \"dask\".")
-    return {"kind": kind, **out}
+    return {"kind": kind, **out, "start": start}
 
 
 def _resources(g) -> dict:

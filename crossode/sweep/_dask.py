@@ -10,7 +10,8 @@ cell that segfaults or hangs costs only itself, never its worker. Only the clien
   attempts (each start is a ``crossode-cell`` event from the worker) and, when a second attempt dies too (or the
   scheduler gives up, ``KilledWorker``), records the cell ``crashed`` with the workers that died. The record of a
   cell that needed a retry has ``tags["attempts"] == 2``.
-- Losing the scheduler stops the sweep with :class:`ClusterError` (records so far are saved; ``--resume`` goes on).
+- Losing the scheduler, or a task failing outside its cell's process (a worker without crossode, say), stops the
+  sweep with :class:`ClusterError` (records so far are saved; ``--resume`` goes on).
 - Abandoning the run (Ctrl-C, the client killed) cancels the tasks; a worker notices within a poll and kills the
   cell's process. Workers of a ``LocalCluster`` exit with the client.
 
@@ -135,6 +136,10 @@ class DaskExecutor(Executor):
             raise ValueError(f"`address` must be a scheduler address such as 'tcp://host:8786'; got {address!r}")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"`workers` must be a positive integer; got {workers!r}")
+        from ._executor import START_METHODS
+
+        if start not in START_METHODS:
+            raise ValueError(f"`start` must be one of {START_METHODS}; got {start!r}")
         if address is not None and workers is not None:
             raise ValueError("give `address` (an existing cluster) or `workers` (a local cluster), not both")
         self.address = address
@@ -270,7 +275,15 @@ class DaskExecutor(Executor):
             exc = fut.exception()
             if isinstance(exc, distributed.KilledWorker):
                 return self._died(cell, attempts, exc)
-            return cell.blank_record("crashed", f"the Dask task failed on the worker: {type(exc).__name__}: {exc}")
+            import crossode
+
+            from ._sweep import git_commit
+
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ClusterError(  # outside the cell's process: the worker's environment, not the cell, is broken
+                f"the Dask task of {cell.label} failed on its worker: {type(exc).__name__}: {first}; do the workers "
+                f"run the crossode of this client (version {crossode.__version__}, commit {git_commit()})? The "
+                "records so far are saved: rerun with --resume.")
         raise ClusterError(f"the Dask scheduler lost the task of {cell.label} (status {fut.status}); the records so "
                            "far are saved: rerun with --resume.")
 

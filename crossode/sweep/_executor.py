@@ -177,7 +177,10 @@ class _Template:
             rid = self._next
             self._next += 1
             try:
-                self.proc.stdin.write(json.dumps({**request, "id": rid}, separators=(",", ":")).encode() + b"\n")
+                data = json.dumps({**request, "id": rid}, separators=(",", ":")).encode() + b"\n"
+                fd = self.proc.stdin.fileno()
+                while data:
+                    data = data[os.write(fd, data):]
             except OSError as e:
                 raise _TemplateError(f"the {self.backend} fork template is gone ({e})"
                                      + _tail_text(self._log_tail())) from None

@@ -160,17 +160,43 @@ def test_client_killed_mid_sweep_then_resume_gives_every_cell_exactly_once(write
     assert all(r["status"] == "ok" for r in lines(results))
 
 
-def test_a_segfaulting_cell_does_not_kill_its_worker(runners, tmp_path):
+@pytest.fixture(scope="module")
+def one_worker():
+    """A one-worker cluster shared by the tests that leave it intact; its worker imports ``_runners``."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with cluster(1) as (c, client):
+            yield c, client
+
+
+def test_a_segfaulting_cell_does_not_kill_its_worker(one_worker, tmp_path):
+    c, client = one_worker
     todo = cells([1e-3, 1e-4, 1e-5], act="segfault", at=1e-4)
-    with cluster(1) as (c, client):
-        before = client.run(os.getpid)
-        recs = run_sweep(todo, tmp_path / "r.jsonl", executor=DaskExecutor(c.scheduler_address, runner=runners),
-                         progress=False, summary=False)
-        after = client.run(os.getpid)
+    before = client.run(os.getpid)
+    recs = run_sweep(todo, tmp_path / "r.jsonl", executor=DaskExecutor(c.scheduler_address, runner="_runners:act"),
+                     progress=False, summary=False)
+    after = client.run(os.getpid)
     assert [r.status for r in recs] == ["ok", "crashed", "ok"]
     assert "SIGSEGV" in recs[1].message and "about to crash" in recs[1].message
     assert before == after  # the same single worker process ran all three cells
     assert all(r.tags["attempts"] == 1 for r in recs)
+
+
+def test_a_task_failing_outside_its_cell_stops_the_sweep(one_worker, tmp_path):
+    """A failure in the worker's environment (here: a cell the worker cannot launch) is not the cell's: the sweep
+    stops with a clear error instead of filling the results with `crashed` records; what finished is kept."""
+    import dataclasses
+
+    from crossode.sweep import ClusterError
+
+    c, _ = one_worker
+    good, bad = cells([1e-3, 1e-4])
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(ClusterError, match="failed on its worker: ValueError.*same crossode"):
+        run_sweep([good, dataclasses.replace(bad, threads="many")], out, executor=DaskExecutor(c.scheduler_address),
+                  progress=False, summary=False)
+    assert [r["tags"]["cell"] for r in lines(out)] in ([], [good.key])
 
 
 @pytest.mark.slow  # ~10-20 s: a two-worker SpecCluster
@@ -233,6 +259,7 @@ def test_sweep_flags_need_a_config(capsys):
     ('address = "tcp://x:1"\nworkers = 2', "not both"),
     ("workers = 0", "`workers` must be a positive integer"),
     ('adress = "tcp://x:1"', "unknown key(s) ['adress']"),
+    ('start = "fork"', '`start` must be "auto" or "spawn"'),
 ])
 def test_bad_executor_table_is_an_error(table, match):
     from crossode import InvalidInputError
@@ -245,8 +272,8 @@ def test_bad_executor_table_is_an_error(table, match):
 
 def test_executor_table_is_read():
     cfg = config_from_dict({"problems": ["exponential_decay"], "executor": {"address": "tcp://head:8786"}})
-    assert cfg.executor == {"kind": "dask", "address": "tcp://head:8786"}
-    assert config_from_dict({"problems": ["exponential_decay"]}).executor == {"kind": "local"}
+    assert cfg.executor == {"kind": "dask", "address": "tcp://head:8786", "start": "auto"}
+    assert config_from_dict({"problems": ["exponential_decay"]}).executor == {"kind": "local", "start": "auto"}
 
 
 def test_unreachable_scheduler_is_a_clear_error(write_config):

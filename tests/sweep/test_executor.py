@@ -265,3 +265,17 @@ def test_jax_cells_are_forked():
     [(_, rec)] = list(LocalExecutor().run(cells))
     assert rec.status == "ok", rec.message
     assert rec.tags["start_method"] == "fork" and "start_note" not in rec.tags
+
+
+def test_config_start_method_reaches_the_executor(write_config):
+    from crossode.cli import build_parser
+    from crossode.sweep import load_config
+    from crossode.sweep._cli import make_executor
+
+    config = write_config('problems = ["exponential_decay"]\njobs = 2\n[executor]\nstart = "spawn"\n')
+    args = build_parser().parse_args(["compare", "--config", str(config)])
+    ex = make_executor(args, load_config(config))
+    assert isinstance(ex, LocalExecutor) and ex.start == "spawn" and ex.jobs == 2
+    args = build_parser().parse_args(["compare", "--config", str(config), "--executor", "dask", "--workers", "3"])
+    ex = make_executor(args, load_config(config))
+    assert ex.workers == 3 and ex.start == "spawn" and ex.address is None
