@@ -193,7 +193,7 @@ def test_a_task_failing_outside_its_cell_stops_the_sweep(one_worker, tmp_path):
     c, _ = one_worker
     good, bad = cells([1e-3, 1e-4])
     out = tmp_path / "r.jsonl"
-    with pytest.raises(ClusterError, match="failed on its worker: ValueError.*same crossode"):
+    with pytest.raises(ClusterError, match="failed on its worker: ValueError.*crossode of this client"):
         run_sweep([good, dataclasses.replace(bad, threads="many")], out, executor=DaskExecutor(c.scheduler_address),
                   progress=False, summary=False)
     assert [r["tags"]["cell"] for r in lines(out)] in ([], [good.key])
@@ -208,7 +208,7 @@ def test_cells_go_only_to_workers_with_their_resources(tmp_path):
     todo = config_from_dict({"problems": ["exponential_decay"], "rtol": [1e-3, 1e-4, 1e-5, 1e-6], "repeats": 1,
                              "with_reference": False, "grid": [{}, {"resources": {"special": 1}, "dt": [0.1, 0.05]},
                                                                {"devices": ["cuda"], "dt": [0.1]}]}).cells
-    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
                      silence_logs=50) as c, distributed.Client(c) as client:
         client.wait_for_workers(2, timeout=60)
         special = next(a for a, w in client.scheduler_info()["workers"].items() if w["resources"])
