@@ -52,6 +52,9 @@ def run(tree: pathlib.Path, config: pathlib.Path, out: pathlib.Path, extra=()) -
         st = [r["tags"]["startup_s"] for r in recs if r["backend"] == b and "startup_s" in r["tags"]]
         if st:
             by_backend[b]["median_startup_s"] = round(statistics.median(st), 3)
+        peak = [r["peak_memory_bytes"] for r in recs if r["backend"] == b and r["peak_memory_bytes"] is not None]
+        if peak:
+            by_backend[b]["median_peak_memory_mb"] = round(statistics.median(peak) / 1e6, 3)
         comp = [r["compile_s"] for r in recs if r["backend"] == b and r["compile_s"] is not None]
         if comp:
             by_backend[b]["median_compile_s"] = round(statistics.median(comp), 3)
@@ -87,16 +90,18 @@ def main(argv=None) -> int:
         configs["spawn"] = tmp / "spawn.toml"
         configs["spawn"].write_text(base + '\n[executor]\nstart = "spawn"\n')
         for i, name in enumerate(args.order.split(",")):
-            print(f"[{name}] load {load()} ...", file=sys.stderr, flush=True)
+            at_start = load()
+            print(f"[{name}] load {at_start} ...", file=sys.stderr, flush=True)
             res = run(trees[name], configs[name], tmp / f"{i}-{name}.jsonl")
-            res.update(contender=name, load_before=load())
+            res.update(contender=name, load_at_start=at_start, load_after=load())
             print(json.dumps(res), file=sys.stderr, flush=True)
             result["runs"].append(res)
         if not args.skip_timeout_pass:
             for name in ("before", "fork"):
-                print(f"[{name} --timeout 4] load {load()} ...", file=sys.stderr, flush=True)
+                at_start = load()
+                print(f"[{name} --timeout 4] load {at_start} ...", file=sys.stderr, flush=True)
                 res = run(trees[name], configs[name], tmp / f"t4-{name}.jsonl", ["--timeout", "4"])
-                res.update(contender=name, load_before=load())
+                res.update(contender=name, load_at_start=at_start, load_after=load())
                 print(json.dumps(res), file=sys.stderr, flush=True)
                 result["timeout_4s"].append(res)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -34,13 +34,26 @@ from .._record import Record
 from ._config import Cell
 from ._executor import Executor, LocalExecutor
 
-__all__ = ["DaskExecutor", "ClusterError", "EVENT_TOPIC", "local_resources"]
+__all__ = ["DaskExecutor", "ClusterError", "EVENT_TOPIC", "local_resources", "comparable"]
 
 EVENT_TOPIC = "crossode-cell"
 """Dask event topic on which workers announce each cell attempt they start."""
 
 MAX_ATTEMPTS = 2
 """Runs of a cell whose worker died before the cell is recorded ``crashed`` (the first run and one retry)."""
+
+
+VARYING_FIELDS = frozenset({"time_forward_s", "time_gradient_s", "compile_s", "peak_memory_bytes", "host"})
+VARYING_TAGS = frozenset({"worker_wall_s", "startup_s", "process_max_rss_bytes", "dask_worker", "attempts",
+                          "machine", "git_commit", "start_method", "start_note"})
+
+
+def comparable(record: dict) -> dict:
+    """A record dict without what legitimately differs between runs and machines (timings, memory, host, worker,
+    start method, attempts): two runs of one cell with the same versions should give equal results."""
+    out = {k: v for k, v in record.items() if k not in VARYING_FIELDS}
+    out["tags"] = {k: v for k, v in (record.get("tags") or {}).items() if k not in VARYING_TAGS}
+    return out
 
 
 class ClusterError(CrossODEError):

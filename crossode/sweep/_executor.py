@@ -104,6 +104,7 @@ class _Template:
         self.exits: dict[int, int] = {}
         self.pids: dict[int, int] = {}
         self.errors: dict[int, str] = {}
+        self.running: set[int] = set()  # request ids whose child has not been seen to end
         self._buf = b""
         self._next = 0
         with open(log_path, "wb") as log:
@@ -189,6 +190,7 @@ class _Template:
                                      + _tail_text(self._log_tail()))
             if rid in self.errors:
                 raise _TemplateError(f"the {self.backend} fork template refused: {self.errors.pop(rid)}")
+            self.running.add(rid)
             return rid, self.pids.pop(rid)
 
     def poll(self, rid: int) -> int | None:
@@ -198,9 +200,11 @@ class _Template:
         with self.lock:
             self._pump()
             if rid in self.exits:
+                self.running.discard(rid)
                 return self.exits.pop(rid)
             if not self.alive():
                 self._pump()
+                self.running.discard(rid)
                 if rid in self.exits:
                     return self.exits.pop(rid)
                 raise _TemplateError(f"the {self.backend} fork template died (status {self.proc.returncode})"
@@ -212,6 +216,7 @@ class _Template:
         with self.lock:
             self._wait(lambda: rid in self.exits, limit)
             self.exits.pop(rid, None)
+            self.running.discard(rid)
 
     def close(self) -> None:
         """End the template: closing its stdin makes it kill its children and exit."""
@@ -368,7 +373,8 @@ class LocalExecutor(Executor):
                 except _TemplateError as e:
                     t = str(e)  # remembered: this kind of cell is spawned from now on
                 self._templates[key] = t
-                live = [k for k, v in self._templates.items() if isinstance(v, _Template) and k != key]
+                live = [k for k, v in self._templates.items()
+                        if isinstance(v, _Template) and k != key and not v.running]  # idle ones only
                 for k in live[:max(0, len(live) + 1 - self.max_templates)]:  # least recently used first
                     self._templates.pop(k).close()
             self._templates.move_to_end(key)

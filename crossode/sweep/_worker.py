@@ -8,7 +8,8 @@ Two ways a cell gets its own address space (the executor picks, :data:`FORK_BACK
 - **fork**: ``python -m crossode.sweep._worker --template BACKEND`` is a long-lived template that imports crossode
   and the backend's framework once (threads already pinned through its environment, :func:`thread_env`) and then
   forks one child per cell on request. The child gets its own session, dies with the template (``PDEATHSIG``),
-  resets its peak-RSS counter, sends its output to the cell's stderr file, writes the record to the cell's output
+  re-maps the library pages the template had resident and returns the template's free heap pages (so that its
+  memory baseline is a fresh interpreter's), resets its peak-RSS counter, sends its output to the cell's stderr file, writes the record to the cell's output
   file and ``_exit`` s. The template refuses to fork (the executor then spawns) when importing the backend started
   threads beyond NumPy's BLAS pool (whose fork handlers make it fork-safe), or when JAX/XLA is initialised:
   forking after XLA has started its thread pools deadlocks the child (measured: a ``jit`` in the child hangs).
@@ -252,6 +253,15 @@ def _populate(runs: list[tuple[int, int]]) -> None:
                 ctypes.string_at(a, 1)
 
 
+def _trim_heap() -> None:
+    """Give the heap's free pages back (glibc ``malloc_trim``): the template's freed memory would otherwise let the
+    cell allocate without new RSS, measuring up to 6 % less peak memory than a fresh interpreter does."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
@@ -269,6 +279,7 @@ def _child(req: dict, close_fds: list[int], resident: list[tuple[int, int]]) -> 
             os.close(fd)
         _die_with_parent(parent=req["template_pid"])
         _populate(resident)
+        _trim_heap()
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")  # peak RSS starts from this process's own RSS, not the template's history

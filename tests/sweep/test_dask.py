@@ -15,13 +15,10 @@ import pytest
 
 from crossode.sweep import DaskExecutor, config_from_dict, run_sweep
 from crossode.sweep._config import cell_resources
+from crossode.sweep._dask import comparable
 
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
-
-VARYING = {"time_forward_s", "time_gradient_s", "compile_s", "peak_memory_bytes", "host"}
-VARYING_TAGS = {"worker_wall_s", "startup_s", "process_max_rss_bytes", "dask_worker", "attempts", "machine",
-                "git_commit", "start_method", "at_start"}
 
 
 def crossode(*args, **kw):
@@ -31,13 +28,6 @@ def crossode(*args, **kw):
 
 def lines(path):
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
-
-def comparable(rec: dict) -> dict:
-    """A record without what legitimately differs between runs (timings, memory, hosts, workers)."""
-    out = {k: v for k, v in rec.items() if k not in VARYING}
-    out["tags"] = {k: v for k, v in rec["tags"].items() if k not in VARYING_TAGS}
-    return out
 
 
 @contextlib.contextmanager

@@ -279,3 +279,13 @@ def test_config_start_method_reaches_the_executor(write_config):
     args = build_parser().parse_args(["compare", "--config", str(config), "--executor", "dask", "--workers", "3"])
     ex = make_executor(args, load_config(config))
     assert ex.workers == 3 and ex.start == "spawn" and ex.address is None
+
+
+def test_idle_templates_beyond_the_cap_are_closed(runners):
+    cells = tagged_cells([1e-3, 1e-4, 1e-5])
+    cells[1] = dataclasses.replace(cells[1], threads=2)  # another template
+    recs = [r for _, r in LocalExecutor(runner=runners, max_templates=1).run(cells)]
+    assert [r.status for r in recs] == ["ok", "ok", "ok"]
+    assert all(r.tags["start_method"] == "fork" for r in recs)
+    parents = [r.tags["at_start"]["ppid"] for r in recs]
+    assert len(set(parents)) == 3  # the first template was closed for the second, then started again
