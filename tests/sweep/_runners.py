@@ -54,4 +54,7 @@ def act(data):
         time.sleep(float(tags["seconds"]))
     rec = run_cell(data)
     rec.tags["at_start"] = at_start
+    rec.tags["omp_threads"] = os.environ.get("OMP_NUM_THREADS")
+    if "torch" in sys.modules:
+        rec.tags["torch_threads"] = sys.modules["torch"].get_num_threads()
     return rec

@@ -178,21 +178,21 @@ def test_a_failing_cell_fails_alone(runners, start, act, status, match):
     assert len(pids) == 2 and os.getpid() not in pids  # a fresh process per cell
 
 
-@pytest.mark.slow  # ~10-20 s: torch in a template and in a fresh interpreter
-@pytest.mark.parametrize("start", ["auto", "spawn"])
-def test_time_limit_counts_the_cell_not_the_startup(runners, start):
-    """A 2 s limit: a torch cell that takes milliseconds passes although importing torch takes longer on a
-    loaded machine; a cell that sleeps 5 s is killed at its limit."""
-    pytest.importorskip("torch")
-    cells = config_from_dict({"problems": ["exponential_decay"], "backends": ["torch"], "rtol": [1e-3],
-                              "repeats": 1, "with_reference": False, "timeout": 2}).cells
+@pytest.mark.parametrize("start, backend", [("auto", "reference"), ("spawn", "torch")])
+def test_time_limit_counts_the_cell_not_the_startup(runners, start, backend):
+    """A 2 s limit: a quick cell passes although a fresh interpreter importing torch takes longer than that on a
+    loaded machine; a cell that sleeps 5 s is killed at its limit, forked or spawned."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    cells = config_from_dict({"problems": ["exponential_decay"], "backends": [backend], "rtol": [1e-3],
+                              "repeats": 1, "with_reference": False}).cells
     cells += tagged_cells([1e-4], act="sleep", seconds=5)
     cells = [dataclasses.replace(c, timeout=2.0) for c in cells]
     out = dict((c.key, r) for c, r in LocalExecutor(start=start, runner=runners).run(cells))
     quick, slow = (out[c.key] for c in cells)
     assert quick.status == "ok", quick.message
     assert slow.status == "timeout" and "2 s limit" in slow.message
-    assert slow.tags["worker_wall_s"] < 30
+    assert slow.tags["worker_wall_s"] < 30 and slow.tags["start_method"] == ("fork" if start == "auto" else "spawn")
 
 
 def test_forked_cell_starts_clean(runners):
@@ -209,15 +209,16 @@ def test_forked_cell_starts_clean(runners):
 
 
 @pytest.mark.slow  # two torch templates
-def test_forked_cells_are_pinned_to_their_threads():
+def test_forked_cells_are_pinned_to_their_threads(runners):
     pytest.importorskip("torch")
     cells = config_from_dict({"problems": ["exponential_decay"], "backends": ["torch"], "rtol": [1e-3, 1e-4],
                               "repeats": 1, "with_reference": False, "threads": 2}).cells
     cells[1] = dataclasses.replace(cells[1], threads=1)
-    recs = [r for _, r in LocalExecutor().run(cells)]
+    recs = [r for _, r in LocalExecutor(runner=runners).run(cells)]
     assert [r.status for r in recs] == ["ok", "ok"], [r.message for r in recs]
-    assert [r.threads for r in recs] == [2, 1]  # one template per thread count
     assert all(r.tags["start_method"] == "fork" for r in recs)
+    assert [r.tags["torch_threads"] for r in recs] == [2, 1]  # what torch uses in the forked child
+    assert [r.tags["omp_threads"] for r in recs] == ["2", "1"]  # one template per thread count
 
 
 def test_a_dead_template_loses_only_its_cell(runners):
