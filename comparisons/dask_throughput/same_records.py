@@ -1,5 +1,6 @@
 """Compare two results files cell by cell, ignoring what legitimately differs between runs and machines (timings,
-memory, host, worker, start method, attempts: :func:`crossode.sweep._dask.comparable`): prints the cells whose records differ and exits 1 if any do.
+memory, host, worker, start method, attempts: :func:`crossode.sweep._dask.comparable`): prints the cells whose
+records differ and exits 1 if any do.
 
     python comparisons/dask_throughput/same_records.py local.jsonl dask.jsonl
 """

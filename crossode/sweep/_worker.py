@@ -9,8 +9,8 @@ Two ways a cell gets its own address space (the executor picks, :data:`FORK_BACK
   and the backend's framework once (threads already pinned through its environment, :func:`thread_env`) and then
   forks one child per cell on request. The child gets its own session, dies with the template (``PDEATHSIG``),
   re-maps the library pages the template had resident and returns the template's free heap pages (so that its
-  memory baseline is a fresh interpreter's), resets its peak-RSS counter, sends its output to the cell's stderr file, writes the record to the cell's output
-  file and ``_exit`` s. The template refuses to fork (the executor then spawns) when importing the backend started
+  memory baseline is a fresh interpreter's), resets its peak-RSS counter, sends its output to the cell's stderr
+  file, writes the record to the cell's output file and ``_exit`` s. The template refuses to fork (the executor then spawns) when importing the backend started
   threads beyond NumPy's BLAS pool (whose fork handlers make it fork-safe), or when JAX/XLA is initialised:
   forking after XLA has started its thread pools deadlocks the child (measured: a ``jit`` in the child hangs).
 
