@@ -10,9 +10,10 @@ Two ways a cell gets its own address space (the executor picks, :data:`FORK_BACK
   forks one child per cell on request. The child gets its own session, dies with the template (``PDEATHSIG``),
   re-maps the library pages the template had resident and returns the template's free heap pages (so that its
   memory baseline is a fresh interpreter's), resets its peak-RSS counter, sends its output to the cell's stderr
-  file, writes the record to the cell's output file and ``_exit`` s. The template refuses to fork (the executor then spawns) when importing the backend started
-  threads beyond NumPy's BLAS pool (whose fork handlers make it fork-safe), or when JAX/XLA is initialised:
-  forking after XLA has started its thread pools deadlocks the child (measured: a ``jit`` in the child hangs).
+  file, writes the record to the cell's output file and ``_exit`` s. The template refuses to fork (the executor
+  then spawns) when importing the backend started threads beyond NumPy's BLAS pool (whose fork handlers make it
+  fork-safe), or when JAX/XLA is initialised: forking after XLA has started its thread pools deadlocks the child
+  (measured: a ``jit`` in the child hangs).
 
 Either way the cell marks the moment its own work starts (the ``started`` file) so that the time limit counts the
 cell, not the interpreter start-up and the framework import. Order matters for fair measurement: thread limits are
