@@ -1,5 +1,6 @@
 """The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
-``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`) and ``julia-setup``.
+``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`), ``train`` (training runs;
+:mod:`crossode.train`) and ``julia-setup``.
 
 Exit status of ``compare``: 0 when at least one cell finished ``ok``; 1 when cells ran but none is ``ok``; 2 for bad
 input (unknown names, malformed or hostile problem files, an unusable ``--out``, unavailable backends that were
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .check import _cli as check_cli
 
     check_cli.add_check_parser(sub)
+    from .train import _cli as train_cli
+
+    train_cli.add_train_parser(sub)
     js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
     js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
     js.set_defaults(func=cmd_julia_setup)

@@ -92,8 +92,9 @@ def compare_config(args) -> int:
     return 0
 
 
-def make_executor(args, config):
-    """The executor the flags and the config's ``[executor]`` table ask for (flags win)."""
+def make_executor(args, config, runner: str | None = None):
+    """The executor the flags and the config's ``[executor]`` table ask for (flags win); ``runner``: the workers'
+    ``module:function`` (default: the sweep's measurement; ``crossode train`` passes its training runner)."""
     from ._executor import LocalExecutor
 
     if args.workers is not None and args.workers < 1:
@@ -104,7 +105,7 @@ def make_executor(args, config):
     if kind == "local":
         if args.scheduler or args.workers:
             raise InvalidInputError("--scheduler and --workers need --executor dask.")
-        return LocalExecutor(jobs=args.jobs or config.jobs, start=start)
+        return LocalExecutor(jobs=args.jobs or config.jobs, start=start, runner=runner)
     if args.jobs is not None:
         raise InvalidInputError("--jobs applies to the local executor; with --executor dask the cluster's worker "
                                 "threads decide how many cells run at once (--workers N for a local cluster).")
@@ -118,7 +119,7 @@ def make_executor(args, config):
     from ._dask import DaskExecutor, _distributed
 
     _distributed()  # a clear error now if distributed is missing
-    return DaskExecutor(address=address, workers=workers, start=start)
+    return DaskExecutor(address=address, workers=workers, start=start, runner=runner)
 
 
 def retry_statuses(text: str | None) -> tuple[str, ...]:
