@@ -32,6 +32,7 @@ from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, AbstractSensitivity, Checkpointed, Direct
 from ..._solvers import ALF, Adaptive, Fixed, fixed_grid
 from ._control import StepController, initial_step, rms_norm
+from ._solve import resolve_params
 
 __all__ = ["odeint_alf", "alf_step", "alf_inverse", "alf_step_vjp"]
 
@@ -346,16 +347,6 @@ def _march_adaptive(func, z, v, times, eta, step: Adaptive, counter, visit) -> T
 # ------------------------------------------------------------------------------------------------ entry
 
 
-def _resolve_params(func, params) -> tuple:
-    if params is None:
-        return tuple(func.parameters()) if isinstance(func, torch.nn.Module) else ()
-    params = tuple(params)
-    for i, p in enumerate(params):
-        if not isinstance(p, torch.Tensor):
-            raise InvalidInputError(f"`params` must be a sequence of tensors; params[{i}] is {type(p).__name__}.")
-    return params
-
-
 def _check_times(t: torch.Tensor) -> list[float]:
     if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.numel() < 1:
         raise InvalidInputError(f"`t` must be a 1-D tensor of at least one time; got {t!r}.")
@@ -389,8 +380,9 @@ def odeint_alf(
       ``out[0] = y0``. If ``t.requires_grad``, its gradient is the continuous-flow one:
       ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` for ``i >= 1`` and ``dL/dt_0 = -<dL/dz0, f(t_0, y_0)>`` with ``dL/dz0``
       the total gradient reaching the start of the integration (through ``z0`` and ``v0``, excluding ``out[0]``).
-    - ``params``: the tensors ``func`` closes over that need gradients (default: ``func.parameters()`` for an
-      ``nn.Module``, else none). MALI and Checkpointed can only return gradients to tensors listed here.
+    - ``params``: the tensors ``func`` uses that need gradients (default and rule: :func:`~.odeint.odeint`).
+      MALI and Checkpointed return gradients only to ``y0`` and these; a tensor that requires grad, reaches
+      ``v0 = func(t[0], y0)`` and is not listed raises :class:`~crossode.InvalidInputError`.
     - ``solver``: :class:`~crossode.ALF` (``eta``); ``step``: :class:`~crossode.Adaptive` or
       :class:`~crossode.Fixed` (grid :func:`~crossode.fixed_grid`); ``sensitivity``: ``Direct()``, ``MALI()`` or
       ``Checkpointed()`` (every step; an integer ``checkpoints`` is unsupported).
@@ -423,7 +415,7 @@ def odeint_alf(
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise InvalidInputError(f"`y0` must be a floating-point tensor; got {type(y0).__name__}.")
     times = _check_times(t)
-    params = _resolve_params(func, params)
+    params = resolve_params(func, params)
     if len(times) == 1:
         return y0.unsqueeze(0)
     return _mali.solve(func, y0, t, times, params, solver.eta, sensitivity, step, stats)

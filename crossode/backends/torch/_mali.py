@@ -28,6 +28,7 @@ from ..._errors import InvalidInputError
 from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, Direct
 from ._alf import _add_stats, _Counter, _rms, _time, _vjp, _vjp_fast_ok, march
+from ._solve import check_params_declared
 
 __all__ = ["solve", "mali_saved_summary"]
 
@@ -330,7 +331,13 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
     if isinstance(sensitivity, MALI):
         cfg.reconstruction_rtol = sensitivity.reconstruction_rtol
 
-    z0 = _StartTime.apply(t, y0, cfg) if time_grad else y0
+    check = torch.is_grad_enabled() and not isinstance(sensitivity, Direct)
+    if time_grad:
+        z0 = _StartTime.apply(t, y0, cfg)
+    elif check and y0.requires_grad:
+        z0 = y0.view_as(y0)  # a node of its own: a closure over y0 itself is not mistaken for the state
+    else:
+        z0 = y0
     # v0 = f(t0, z0) with autograd on: the gradient reaching v0 flows through f into z0 and the params.
     v0 = func(_time(times[0], y0), z0)
     _add_stats(stats, fwd=1)
@@ -339,6 +346,8 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
             f"`func(t, y)` must return a tensor like `y0` (shape {tuple(y0.shape)}, {y0.dtype}); got "
             f"{getattr(v0, 'shape', type(v0).__name__)}, {getattr(v0, 'dtype', '')}."
         )
+    if check:  # MALI and Checkpointed differentiate w.r.t. y0 and params only: nothing else may need grad
+        check_params_declared(v0, params, sensitivity, stop_nodes=(z0.grad_fn,) if z0.grad_fn is not None else ())
     cfg.f0 = v0.detach()
     if needs_grad and v0.requires_grad and stats is not None and isinstance(sensitivity, Direct):
         v0 = _CountVJP.apply(v0, stats)  # MALI and Checkpointed count this VJP in their backward
