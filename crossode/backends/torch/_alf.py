@@ -395,7 +395,7 @@ def odeint_alf(
     one while ``|u - v| > 100 |u|`` for 20 steps: undamped ALF's parasitic mode growing on decaying dynamics);
     with MALI, ``reconstruction_error`` (and ``diverged``) from the backward call (``loss.backward()`` /
     ``torch.autograd.grad`` re-raise it unchanged, so catch it around them), when the reconstructed initial state
-    drifts from the true one by more than ``sensitivity.reconstruction_rtol`` (RMS-relative, see :mod:`._mali`).
+    drifts from the true one beyond the limit of :func:`crossode._sensitivity.mali_reconstruction` (``MALI`` docs).
     :class:`~crossode.UnsupportedError` for an unsupported sensitivity; ``InvalidInputError`` for bad inputs.
     """
     from . import _mali  # the autograd Functions live there and import this module's stepping code
