@@ -176,3 +176,13 @@ def test_params_validation():
         odeint(Module(), y0_(True), [0.0, 1.0], params=W)
     with pytest.raises(InvalidInputError, match=r"params\[1\]"):
         odeint(Module(), y0_(True), [0.0, 1.0], params=[W, 3.0])
+
+
+@pytest.mark.parametrize("solver,sensitivity,tol", CASES[2:], ids=IDS[2:])
+def test_bound_method_and_nested_partial(solver, sensitivity, tol):
+    m = Module()
+    check(run(m.forward, y0_(True), solver, sensitivity, (m.W, m.b)), reference(solver, True), tol)
+    W, b = leaves()
+    inner = functools.partial(field, b=b)
+    got = run(functools.partial(lambda t, y, g, W: g(t, y, W), g=inner, W=W), y0_(True), solver, sensitivity, (W, b))
+    check(got, reference(solver, True), tol)
