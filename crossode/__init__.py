@@ -18,6 +18,7 @@ from ._record import (
     SolveOutput as SolveOutput,
     SolverFailure as SolverFailure,
     Stats as Stats,
+    error_limit as error_limit,
 )
 from ._rhs import MLPRHS as MLPRHS, SymbolicRHS as SymbolicRHS
 from ._sensitivity import (

@@ -6,16 +6,24 @@ walked against a whitelist: numbers, names that are declared states/parameters/`
 :data:`FUNCTIONS` with positional arguments. Anything else (attributes, subscripts, lambdas, comprehensions,
 keywords, strings, comparisons, walrus, f-strings, dunder names...) is rejected with
 :class:`~crossode.UnsafeExpressionError` before any SymPy object is built.
+
+Size is bounded before work is done (limits in :mod:`crossode._limits`): the string's length, the syntax tree's
+nesting, every exact number that constant folding would make (``10**10**10`` is refused from the digit count of
+the result, before SymPy computes it), and the nesting of the resulting SymPy tree (deep trees make later Jacobians
+and code generation overflow the interpreter stack). Error messages quote at most a short piece of the input.
 """
 
 from __future__ import annotations
 
 import ast
 import keyword
+import math
 
 import sympy
 
 from ._errors import InvalidInputError, UnsafeExpressionError
+from ._limits import (MAX_EXPRESSION_CHARS, MAX_EXPRESSION_DEPTH, MAX_INTEGER_DIGITS, MAX_SYNTAX_DEPTH, power_digits,
+                      snip)
 
 __all__ = ["FUNCTIONS", "CONSTANTS", "RESERVED", "parse_expression", "check_name"]
 
@@ -42,8 +50,8 @@ CONSTANTS: dict[str, sympy.Expr] = {"pi": sympy.pi, "E": sympy.E}
 RESERVED = frozenset(FUNCTIONS) | frozenset(CONSTANTS) | {"t"}
 """Names that states and parameters may not use (``t`` is the time variable)."""
 
-MAX_LENGTH = 20_000
-MAX_DEPTH = 200
+MAX_LENGTH = MAX_EXPRESSION_CHARS
+MAX_DEPTH = MAX_SYNTAX_DEPTH
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 
@@ -68,17 +76,61 @@ def parse_expression(text: str, symbols: dict[str, sympy.Symbol], *, where: str 
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return sympy.Float(text) if isinstance(text, float) else sympy.Integer(text)
     if not isinstance(text, str):
-        raise InvalidInputError(f"`{where}` must be a string expression; got {type(text).__name__} {text!r}.")
+        raise InvalidInputError(f"`{where}` must be a string expression; got {type(text).__name__} {snip(text, 40)}.")
     if len(text) > MAX_LENGTH:
         raise UnsafeExpressionError(f"`{where}` is {len(text)} characters long; at most {MAX_LENGTH} are allowed.")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        raise UnsafeExpressionError(f"`{where}` is not a valid expression: {text!r} ({type(e).__name__}).") from None
+        raise UnsafeExpressionError(
+            f"`{where}` is not a valid expression: {snip(text)} ({type(e).__name__})."
+        ) from None
     try:
-        return _build(tree.body, symbols, where, text, 0)
+        expr = _build(tree.body, symbols, where, text, 0)
     except RecursionError:
         raise UnsafeExpressionError(f"`{where}` is nested too deeply.") from None
+    check_depth(expr, where)
+    return expr
+
+
+def check_depth(expr: sympy.Basic, where: str = "rhs") -> None:
+    """Refuse a SymPy tree nested more than :data:`~crossode._limits.MAX_EXPRESSION_DEPTH` levels (walked without
+    recursion): Jacobians, printers and code generators recurse over the tree and would overflow later."""
+    stack = [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise UnsafeExpressionError(
+                f"`{where}` is nested more than {MAX_EXPRESSION_DEPTH} levels deep (functions inside functions); "
+                "simplify it or split it with more states."
+            )
+        stack.extend((a, depth + 1) for a in node.args)
+
+
+def _number(where: str, value):
+    """Refuse an exact number with more than ``MAX_INTEGER_DIGITS`` digits and a non-finite float."""
+    if isinstance(value, sympy.Rational):
+        digits = power_digits(value.p, value.q, 1)
+        if digits > MAX_INTEGER_DIGITS:
+            raise UnsafeExpressionError(
+                f"`{where}` makes an exact number of about {digits:.0f} digits; at most {MAX_INTEGER_DIGITS} are "
+                "allowed (write large constants as floats, e.g. 1e30)."
+            )
+    elif value in (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
+        raise UnsafeExpressionError(f"`{where}` contains a non-finite constant ({value}).")
+    return value
+
+
+def _power(where: str, a, b):
+    """``a**b``, refusing a constant power whose exact value would be too large to compute (``10**10**10``)."""
+    if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
+        digits = power_digits(a.p, a.q, b)
+        if digits > MAX_INTEGER_DIGITS:
+            raise UnsafeExpressionError(
+                f"`{where}` raises {snip(str(a), 30)} to the power {snip(str(b), 30)}: an exact number of about "
+                f"{digits:.3g} digits; at most {MAX_INTEGER_DIGITS} are allowed."
+            )
+    return _number(where, a**b)
 
 
 def _reject(where: str, text: str, what: str) -> UnsafeExpressionError:
@@ -86,7 +138,7 @@ def _reject(where: str, text: str, what: str) -> UnsafeExpressionError:
         "numbers, declared states/parameters, t, pi, E, + - * / **, and calls of "
         + ", ".join(sorted(FUNCTIONS))
     )
-    return UnsafeExpressionError(f"`{where}` uses {what}, which is not allowed in {text!r}. Allowed: {allowed}.")
+    return UnsafeExpressionError(f"`{where}` uses {what}, which is not allowed in {snip(text)}. Allowed: {allowed}.")
 
 
 def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> sympy.Expr:
@@ -95,8 +147,10 @@ def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> s
     if isinstance(node, ast.Constant):
         v = node.value
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _reject(where, text, f"the literal {v!r}")
-        return sympy.Integer(v) if isinstance(v, int) else sympy.Float(v)
+            raise _reject(where, text, f"the literal {snip(v, 40)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UnsafeExpressionError(f"`{where}` contains a number that overflows float64 in {snip(text)}.")
+        return _number(where, sympy.Integer(v) if isinstance(v, int) else sympy.Float(v))
     if isinstance(node, ast.Name):
         if node.id in symbols:
             return symbols[node.id]
@@ -105,28 +159,29 @@ def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> s
         if node.id in FUNCTIONS:
             raise _reject(where, text, f"the function name {node.id!r} without a call")
         raise UnsafeExpressionError(
-            f"`{where}` uses the undeclared name {node.id!r} in {text!r}; declared names: "
+            f"`{where}` uses the undeclared name {snip(node.id, 40)} in {snip(text)}; declared names: "
             f"{', '.join(sorted(symbols)) or '(none)'}."
         )
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         a = _build(node.left, symbols, where, text, depth + 1)
         b = _build(node.right, symbols, where, text, depth + 1)
         op = type(node.op)
+        if op is ast.Pow:
+            return _power(where, a, b)
         if op is ast.Add:
-            return a + b
+            return _number(where, a + b)
         if op is ast.Sub:
-            return a - b
+            return _number(where, a - b)
         if op is ast.Mult:
-            return a * b
-        if op is ast.Div:
-            return a / b
-        return a**b
+            return _number(where, a * b)
+        return _number(where, a / b)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         a = _build(node.operand, symbols, where, text, depth + 1)
         return -a if isinstance(node.op, ast.USub) else a
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-            what = f"a call of {node.func.id!r}" if isinstance(node.func, ast.Name) else "a call of a computed function"
+            what = (f"a call of {snip(node.func.id, 40)}" if isinstance(node.func, ast.Name)
+                    else "a call of a computed function")
             raise _reject(where, text, what)
         if node.keywords or len(node.args) != 1 or any(isinstance(a, ast.Starred) for a in node.args):
             raise _reject(where, text, f"{node.func.id}() with other than one positional argument")

@@ -7,7 +7,10 @@
   with device synchronisation and the medians reported; ``compile_s = first - median`` unless the backend
   reports its own compile time. Memory is measured on the first call: the backend's device allocator peak where it
   has one, otherwise the process's peak resident set above the pre-call baseline (Linux procfs ``VmHWM`` after
-  resetting it through ``clear_refs``) — meaningful when the cell runs in a fresh process (the sweep engine does).
+  resetting it through ``clear_refs``) — meaningful only for the first cell measured in a process (the sweep engine
+  runs each cell in a fresh one); later in-process cells get no CPU number (``peak_memory_bytes = None``).
+- Status honesty: a finished cell whose ``grad_error`` exceeds :func:`~crossode.error_limit` (what its tolerance
+  promises) is ``inaccurate``, with the raw error kept. Messages are one line; tracebacks go to ``details``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import os
 import platform
 import statistics
 import time
+import traceback
 
 import numpy as np
 
-from ._errors import BackendUnavailableError, CrossODEError, InvalidInputError, UnsupportedError
+from ._errors import BackendUnavailableError, InvalidInputError, UnsupportedError
 from ._problem import Problem
-from ._record import INACCURATE_THRESHOLD, GradientOutput, Record, SolveOutput, SolverFailure
+from ._limits import grid_steps
+from ._record import (ERROR_RESOLUTION, INACCURATE_CAP, INACCURATE_FACTOR, GradientOutput, Record, SolveOutput,
+                      SolverFailure, error_limit, one_line)
 from ._reference import reference, relative_error
 from ._registry import get_backend
 from ._sensitivity import AbstractSensitivity, Direct, check_pair
@@ -46,6 +52,11 @@ def _check_common(problem, solver, sensitivity, step, dtype):
         raise UnsupportedError(
             f"`solver={solver!r}` has no embedded error estimate, so it needs `step=Fixed(dt=...)`; got {step!r}."
         )
+    if isinstance(step, Fixed):  # before any backend allocates the grid
+        needed = grid_steps(problem.t0, problem.t1, step.dt)
+        if needed > step.max_steps:
+            raise SolverFailure("max_steps", f"dt={step.dt:g} needs {needed:,} steps over tspan [{problem.t0:g}, "
+                                             f"{problem.t1:g}], more than max_steps={step.max_steps:,}")
 
 
 def _prepare(problem, backend, solver, sensitivity, step, device, dtype):
@@ -93,6 +104,10 @@ def _read_status_kb(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+_RSS_MEASURED = False
+"""Whether a cell of this process already had its CPU peak RSS measured (later deltas share its heap)."""
 
 
 def peak_rss_delta(fn):
@@ -181,13 +196,15 @@ def measure(
     except UnsupportedError as e:
         rec.status, rec.message = "unsupported", str(e)
         return rec
+    except SolverFailure as e:
+        return _fail(rec, e.status, e.message)
     except InvalidInputError:
         raise
     except Exception as e:  # noqa: BLE001 - any backend failure becomes a status
-        rec.status, rec.message = "crashed", f"prepare failed: {type(e).__name__}: {e}"
-        return rec
+        return _fail(rec, "crashed", f"prepare failed: {type(e).__name__}: {e}", traceback.format_exc())
     rec.versions = _versions(b)
     sync = prepared.synchronize
+    global _RSS_MEASURED
     try:
         prepared.reset_peak_memory()
         (out, first_s), rss = peak_rss_delta(lambda: _timed(prepared.gradient, sync))
@@ -195,19 +212,17 @@ def measure(
         device_peak = prepared.peak_memory()
         if device_peak is not None:
             rec.peak_memory_bytes, rec.memory_kind = int(device_peak[0]), device_peak[1]
-        elif rss is not None:
+        elif rss is not None and not _RSS_MEASURED:
             rec.peak_memory_bytes, rec.memory_kind = rss, "cpu_rss"
+        _RSS_MEASURED = True
         grad_times = [_timed(prepared.gradient, sync)[1] for _ in range(repeats)]
         fwd_times = [_timed(prepared.solve, sync)[1] for _ in range(repeats)]
     except SolverFailure as e:
-        rec.status, rec.message = e.status, e.message
-        return rec
-    except CrossODEError as e:
-        rec.status, rec.message = "crashed", f"{type(e).__name__}: {e}"
-        return rec
-    except Exception as e:  # noqa: BLE001
-        rec.status, rec.message = "crashed", f"{type(e).__name__}: {e}"
-        return rec
+        _RSS_MEASURED = True
+        return _fail(rec, e.status, e.message)
+    except Exception as e:  # noqa: BLE001 - CrossODEError or anything else: the cell crashed
+        _RSS_MEASURED = True
+        return _fail(rec, "crashed", f"{type(e).__name__}: {e}", traceback.format_exc())
     rec.loss = float(out.loss)
     st = out.stats
     rec.nfe_forward, rec.nfe_backward = st.nfe_forward, st.nfe_backward
@@ -221,6 +236,14 @@ def measure(
         rec.dparams, rec.dy0 = np.asarray(out.dparams).tolist(), np.asarray(out.dy0).tolist()
     if with_reference:
         _compare(rec, problem, out)
+    return rec
+
+
+def _fail(rec: Record, status: str, message: str, details: str = "") -> Record:
+    """Set a failure status with a one-line message; the full text (and a traceback) goes to ``details``."""
+    rec.status, rec.message = status, one_line(message)
+    full = str(message).strip()
+    rec.details = "\n".join(x for x in (full if full != rec.message else "", details.strip()) if x)
     return rec
 
 
@@ -246,6 +269,12 @@ def _compare(rec: Record, problem: Problem, out: GradientOutput) -> None:
     if not np.isfinite(rec.grad_error):
         rec.status = "diverged"
         rec.message = "the gradient is finite but so large that its error against the reference overflows"
-    elif rec.grad_error > INACCURATE_THRESHOLD:
-        rec.status = "inaccurate"
-        rec.message = f"gradient error {rec.grad_error:.3g} against the reference exceeds {INACCURATE_THRESHOLD:g}"
+    else:
+        limit = error_limit(rec.rtol, rec.dtype)
+        if rec.grad_error > limit:
+            what = (f"min({INACCURATE_CAP:g}, {INACCURATE_FACTOR:g} x max(rtol={rec.rtol:g}, "
+                    f"{ERROR_RESOLUTION.get(rec.dtype, 1e-10):g}))" if rec.rtol is not None
+                    else f"{INACCURATE_CAP:g} (fixed steps)")
+            rec.status = "inaccurate"
+            rec.message = (f"gradient error {rec.grad_error:.3g} against the reference exceeds {limit:.3g} = {what}"
+                           + (f"; {rec.message}" if rec.message else ""))

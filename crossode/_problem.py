@@ -76,6 +76,8 @@ class Loss:
 
 
 def _as_vector(name: str, value, n: int | None = None) -> np.ndarray:
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in value):  # [True] is not 1.0
+        raise InvalidInputError(f"`{name}` must be a list of numbers; got booleans in {str(value)[:60]}.")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError):

@@ -34,32 +34,32 @@ import os
 import tomllib
 
 from ._errors import InvalidInputError
+from ._limits import read_bounded
 from ._problem import Loss, Problem
 from ._rhs import MLPRHS, SymbolicRHS
 
 __all__ = ["load_problem_file", "problem_from_dict", "read_toml"]
 
-MAX_BYTES = 1_000_000
 _TOP = {"name", "description", "states", "rhs", "y0", "tspan", "saveat", "stiff", "params", "mlp", "loss"}
 _MLP = {"widths", "activation", "seed", "scale", "weights", "biases"}
 _LOSS = {"kind", "weights"}
 
 
 def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
-    """Parse a TOML file of at most ``MAX_BYTES``; every failure is an :class:`InvalidInputError` naming ``what``."""
+    """Parse a TOML file of at most :data:`~crossode._limits.MAX_FILE_BYTES` (a regular file: devices, FIFOs and
+    directories are refused without blocking); every failure is an :class:`InvalidInputError` naming ``what``."""
     path = os.fspath(path)
+    data = read_bounded(path, what)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
-            raise InvalidInputError(f"{what} {path!r} is {size} bytes; at most {MAX_BYTES} are allowed.")
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{what} {path!r} does not exist.") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"{what} {path!r} is a directory.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"{what} {path!r} is not valid TOML: not UTF-8 text ({e.reason} at byte {e.start})."
+        ) from None
+    except tomllib.TOMLDecodeError as e:
         raise InvalidInputError(f"{what} {path!r} is not valid TOML: {e}.") from None
+    except RecursionError:
+        raise InvalidInputError(f"{what} {path!r} is not valid TOML: nested too deeply.") from None
 
 
 def load_problem_file(path: str | os.PathLike) -> Problem:
@@ -83,6 +83,18 @@ def _table(data, key, allowed):
     return value
 
 
+def _no_booleans(value, where: str) -> None:
+    """TOML ``true``/``false`` are not numbers: refuse them wherever a number is expected (``y0 = [true]``)."""
+    if isinstance(value, bool):
+        raise InvalidInputError(f"`{where}` must hold numbers; got the boolean {str(value).lower()}.")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_booleans(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _no_booleans(v, f"{where}[{i}]")
+
+
 def problem_from_dict(data: dict, *, default_name: str = "problem") -> Problem:
     """Build a :class:`Problem` from the parsed TOML mapping (schema in the module docstring)."""
     if not isinstance(data, dict):
@@ -93,6 +105,8 @@ def problem_from_dict(data: dict, *, default_name: str = "problem") -> Problem:
     for key in ("y0", "tspan"):
         if key not in data:
             raise InvalidInputError(f"`{key}` is required.")
+    for key in ("y0", "tspan", "saveat", "params", "mlp", "loss"):
+        _no_booleans(data.get(key), key)
     loss_t = _table(data, "loss", _LOSS)
     loss = Loss(loss_t.get("kind", "sum_squares"), loss_t.get("weights"))
     if "mlp" in data:

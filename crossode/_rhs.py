@@ -21,6 +21,7 @@ import sympy
 
 from ._errors import InvalidInputError, fmt_choices
 from ._expr import check_name, parse_expression
+from ._limits import check_mlp_size, check_symbolic_size
 
 __all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS"]
 
@@ -86,6 +87,7 @@ class SymbolicRHS(AbstractRHS):
         clash = sorted(set(states) & set(params))
         if clash:
             raise InvalidInputError(f"names used both as state and parameter: {', '.join(clash)}.")
+        check_symbolic_size(len(states), len(params))
         if isinstance(rhs, str) or not isinstance(rhs, Sequence) or len(rhs) != len(states):
             raise InvalidInputError(
                 f"`rhs` must be a list with one expression per state ({len(states)}); got {rhs!r}."
@@ -271,6 +273,7 @@ class MLPRHS(AbstractRHS):
         ):
             raise InvalidInputError(f"`widths` must be a list of >= 2 positive integers; got {widths!r}.")
         widths = tuple(int(w) for w in widths)
+        check_mlp_size(widths)
         if widths[0] != widths[-1]:
             raise InvalidInputError(
                 f"`widths` must start and end with the number of states (a vector field maps R^n to R^n); got {widths}."

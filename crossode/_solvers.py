@@ -31,6 +31,8 @@ from typing import ClassVar
 import numpy as np
 
 from ._errors import InvalidInputError, fmt_choices
+from ._limits import MAX_GRID_STEPS, grid_steps
+from ._record import SolverFailure
 
 __all__ = [
     "AbstractSolver",
@@ -313,13 +315,21 @@ class Fixed(AbstractStepControl):
         return f"dt={self.dt:g}"
 
 
-def fixed_grid(t0: float, t1: float, dt: float, saveat=()) -> np.ndarray:
+def fixed_grid(t0: float, t1: float, dt: float, saveat=(), max_steps: int | None = None) -> np.ndarray:
     """The time grid a :class:`Fixed` solve steps on, shared by every backend.
 
     Points ``t0 + k*dt*sign(t1 - t0)`` up to ``t1`` (``t1`` always included) merged with the ``saveat`` times, so
     every saved time is a step boundary; points closer than ``1e-10*dt`` to a kept point are dropped.
     Returned in integration order, float64.
+
+    The number of steps is checked *before* the grid is allocated: more than ``max_steps`` (default
+    :data:`crossode._limits.MAX_GRID_STEPS`) raises :class:`~crossode.SolverFailure` with status ``max_steps``.
     """
+    limit = MAX_GRID_STEPS if max_steps is None else int(max_steps)
+    needed = grid_steps(t0, t1, dt)
+    if needed > limit:
+        raise SolverFailure("max_steps", f"the fixed grid needs {needed:,} steps of dt={dt:g} over [{t0:g}, {t1:g}], "
+                                         f"more than max_steps={limit:,}")
     span = t1 - t0
     direction = 1.0 if span > 0 else -1.0
     n = int(math.floor(abs(span) / dt + 1e-9))

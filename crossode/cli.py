@@ -1,8 +1,11 @@
 """The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
-``report`` (and ``julia-setup``).
+``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`) and ``julia-setup``.
 
-Bad input (unknown names, malformed or hostile problem files, unsupported combinations, unavailable backends that
-were asked for by name) prints one line to stderr and exits with status 2; nothing from the input is executed.
+Exit status of ``compare``: 0 when at least one cell finished ``ok``; 1 when cells ran but none is ``ok``; 2 for bad
+input (unknown names, malformed or hostile problem files, an unusable ``--out``, unavailable backends that were
+asked for by name, and combinations that are *all* unsupported: a comma-list product where some cells are
+supported runs those and lists the rest) with one line on stderr; 130 when interrupted. Nothing from the input is
+executed. Output to a closed pipe (``| head``) is dropped; the comparison keeps running and writing its records.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import sys
 import time
+import warnings
 
 from ._errors import CrossODEError, InvalidInputError, UnsupportedError, fmt_choices
+from ._limits import grid_steps
 from ._sensitivity import SENSITIVITIES, check_pair, sensitivity_from_name
 from ._solvers import SOLVERS, Adaptive, Fixed, solver_from_name
 
@@ -47,8 +53,15 @@ def _usage_error(msg: str) -> int:
     return 2
 
 
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+def _csv(text: str, flag: str | None = None) -> list[str]:
+    """A comma list, each entry once (a repeated entry would run the same cells twice): duplicates are dropped
+    with a note naming ``flag``."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    unique = list(dict.fromkeys(items))
+    if flag and len(unique) < len(items):
+        dups = sorted({x for x in items if items.count(x) > 1})
+        print(f"note: {flag} lists {', '.join(map(repr, dups))} more than once; each cell runs once.", file=sys.stderr)
+    return unique
 
 
 # ------------------------------------------------------------------------------------------------------ info
@@ -68,7 +81,8 @@ def cmd_info(args) -> int:
     print(f"crossode {_pkg_version('crossode') or 'dev'}  python {sys.version.split()[0]}")
     for name in BACKENDS:
         reason = unavailable_reason(name)
-        versions = ", ".join(f"{p} {v}" for p in _PACKAGES[name] if (v := _pkg_version(p)))
+        packages = _PACKAGES.get(name, BACKENDS[name].packages)  # plugins: their distribution
+        versions = ", ".join(f"{p} {v}" for p in packages if (v := _pkg_version(p)))
         if reason is None:
             devices = ""
             if args.devices:
@@ -94,7 +108,7 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
     import importlib
 
     from . import problems
-    from ._registry import BACKENDS
+    from ._registry import BACKENDS, get_backend, unavailable_reason
 
     problem = problem or problems.get_problem(DEFAULT_PROBLEM)
     out = {}
@@ -104,9 +118,14 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
         missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
         if missing and name != "julia":
             continue
-        module, cls = spec.target.split(":")
         try:
-            backend = getattr(importlib.import_module(module), cls)()
+            if spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
+                if unavailable_reason(name) is not None:
+                    continue
+                backend = get_backend(name)
+            else:
+                module, cls = spec.target.split(":")
+                backend = getattr(importlib.import_module(module), cls)()
         except Exception:  # noqa: BLE001
             continue
         table = {}
@@ -180,8 +199,16 @@ def _fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-def _print_table(records, problem, skipped):
+MEMORY_KINDS = {
+    "cpu_rss": "peak resident set above the pre-call baseline (first cell of this process only)",
+    "cuda_allocator": "torch CUDA allocator peak",
+    "xla_temp": "temporary memory of the compiled XLA program",
+}
+
+
+def _print_table(records, problem, skipped, show_details=False):
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # pipes/CI: do not squeeze columns to 80
@@ -202,9 +229,22 @@ def _print_table(records, problem, skipped):
     console.print(table)
     for r in records:
         if not r.ok:
-            console.print(f"[red]{r.backend}/{r.solver}/{r.sensitivity}: {r.status}[/red]: {r.message}", markup=True)
-    if records and records[0].reference:
-        console.print(f"errors are relative L2 against the independent reference ({records[0].reference}).")
+            console.print(f"[red]{r.backend}/{r.solver}/{r.sensitivity}: {r.status}[/red]: {escape(r.message)}")
+            if show_details and r.details:
+                console.print(r.details, markup=False, highlight=False)
+    refs = list(dict.fromkeys(r.reference for r in records if r.reference))
+    if refs:
+        console.print(f"errors are relative L2 against the independent reference ({'; '.join(refs)}).")
+    kinds = list(dict.fromkeys(r.memory_kind for r in records if r.memory_kind))
+    finished = [r for r in records if r.status in ("ok", "inaccurate")]
+    blank = [r for r in finished if r.peak_memory_bytes is None]
+    if kinds or blank:
+        note = "; ".join(f"{k}: {MEMORY_KINDS.get(k, k)}" for k in kinds)
+        if blank:
+            note += ("; " if note else "") + (
+                "blank: not measured cleanly (CPU memory of a cell that runs after another in one process is "
+                "mixed with the earlier cell's heap; run a sweep with --config for one fresh process per cell)")
+        console.print(f"peak MB: {note}.", markup=False, highlight=False)
     for name, reason in skipped:
         console.print(f"left out backend {name!r}: {reason}")
 
@@ -221,7 +261,7 @@ def cmd_compare(args) -> int:
 
     problem = _load_problem(args)
     explicit_backends = args.backend is not None
-    backends = _csv(args.backend) if explicit_backends else backend_names()
+    backends = _csv(args.backend, "--backend") if explicit_backends else backend_names()
     for b in backends:
         if b not in backend_names(include_reference=True):
             raise InvalidInputError(f"Unknown backend {b!r}; expected one of {fmt_choices(backend_names(True))}.")
@@ -235,19 +275,25 @@ def cmd_compare(args) -> int:
         else:
             skipped.append((b, reason))
     if args.solver or args.sensitivity:
-        solvers = _csv(args.solver or "dopri5")
-        sens = _csv(args.sensitivity or "direct")
+        solvers = _csv(args.solver or "dopri5", "--solver")
+        sens = _csv(args.sensitivity or "direct", "--sensitivity")
         pairs = [(s, g) for s in solvers for g in sens]
         defaults = False
     else:
         pairs, defaults = list(DEFAULT_CELLS), True
     if args.dt is not None and (args.rtol is not None or args.atol is not None):
         raise InvalidInputError("give --dt (fixed step) or --rtol/--atol (adaptive), not both.")
+    if args.dt is not None:
+        fixed = Fixed(dt=args.dt)
+        needed = grid_steps(problem.t0, problem.t1, fixed.dt)
+        if needed > fixed.max_steps:  # before any backend allocates the grid
+            raise InvalidInputError(f"--dt {args.dt:g} needs {needed:,} steps over tspan [{problem.t0:g}, "
+                                    f"{problem.t1:g}]; at most max_steps={fixed.max_steps:,} are allowed.")
     cells, invalid = [], []
     for s_name, g_name in pairs:
         solver, sens = solver_from_name(s_name), sensitivity_from_name(g_name)
         if args.dt is not None:
-            step = Fixed(dt=args.dt)
+            step = fixed
         else:
             step = Adaptive(rtol=args.rtol if args.rtol is not None else 1e-6,
                             atol=args.atol if args.atol is not None else 1e-8)
@@ -269,36 +315,57 @@ def cmd_compare(args) -> int:
     for e in invalid:
         print(f"skipped: {e}", file=sys.stderr)
     records = []
-    out_fh = open(args.out, "a") if args.out else None
+    store = None
+    if args.out:
+        from .sweep._store import ResultStore
+
+        store = ResultStore(args.out)  # the sweep's lock, and a usable regular file, before any cell runs
+        store.open()
+    unsaved = None
     try:
         for b, solver, sens, step in cells:
             rec = measure(problem, b, solver, sens, step, device=args.device, dtype=args.dtype,
                           repeats=args.repeats, save_gradients=args.save_gradients)
             records.append(rec)
-            if out_fh:
-                out_fh.write(json.dumps(rec.to_dict()) + "\n")
-                out_fh.flush()
-                os.fsync(out_fh.fileno())
+            if store is not None:
+                try:
+                    store.append(rec)
+                except CrossODEError as e:  # e.g. disk full: keep the record, stop, say so
+                    unsaved = (rec, e)
+                    break
+    except KeyboardInterrupt:
+        print(f"crossode: interrupted after {len(records)} of {len(cells)} cells"
+              + (f"; their records are in {args.out}." if args.out and records else "."), file=sys.stderr)
+        return 130
     finally:
-        if out_fh:
-            out_fh.close()
+        if store is not None:
+            store.close()
     explicit = explicit_backends or not defaults
     if explicit and all(r.status in ("unsupported", "unavailable") for r in records):
         by_reason: dict[str, list[str]] = {}
         for r in records:
             by_reason.setdefault(r.message, []).append(f"{r.backend}/{r.solver}/{r.sensitivity}")
-        for reason, cells in by_reason.items():  # one line per distinct reason
-            print(f"crossode: error: {reason} (cells: {', '.join(cells)})", file=sys.stderr)
+        for reason, names in by_reason.items():  # one line per distinct reason
+            print(f"crossode: error: {reason} (cells: {', '.join(names)})", file=sys.stderr)
         return 2
     if defaults:  # the built-in default shows only what each backend supports
         records = [r for r in records if r.status != "unsupported"]
-    _print_table(records, problem, skipped)
+    _print_table(records, problem, skipped, show_details=args.traceback)
     if args.save_gradients:
         for r in records:
             if r.ok:
                 print(json.dumps({"backend": r.backend, "solver": r.solver, "sensitivity": r.sensitivity,
                                   "grad_error": r.grad_error, "reference": r.reference,
                                   "dparams": r.dparams, "dy0": r.dy0}))
+    if unsaved is not None:
+        rec, e = unsaved
+        print(json.dumps(rec.to_dict()))  # the record that could not be saved, so that nothing is lost
+        left = len(cells) - len(records)
+        return _usage_error(f"{e}. The record of {rec.backend}/{rec.solver}/{rec.sensitivity} was NOT saved (printed "
+                            f"above as JSON); {left} cell(s) not run.")
+    if records and not any(r.ok for r in records):
+        print("crossode: no cell finished ok (exit status 1).", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -319,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--devices", action="store_true", help="also list devices (imports the frameworks)")
     info.set_defaults(func=cmd_info)
     sub.add_parser("list", help="problems, solvers, sensitivities and the support matrix").set_defaults(func=cmd_list)
-    c = sub.add_parser("compare", help="run a comparison (default: built-in comparison on a small zoo problem)")
+    c = sub.add_parser(
+        "compare", help="run a comparison (default: built-in comparison on a small zoo problem)",
+        epilog="Comma lists run every combination; pairs that make no sense (e.g. rk4 + mali) are skipped with a note, "
+               "and only when every cell is unsupported or unavailable does compare exit 2. Exit status: 0 if some "
+               "cell is ok, 1 if none is, 2 for bad input, 130 when interrupted.")
     c.add_argument("--problem", help="zoo problem name (see `crossode list`)")
     c.add_argument("--problem-file", help="TOML problem file (schema in the README)")
     c.add_argument("--backend", help="comma list of backends (default: every available one)")
@@ -333,27 +404,112 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up call (median reported)")
     c.add_argument("--out", help="append one JSON record per cell to this JSONL file")
     c.add_argument("--save-gradients", action="store_true", help="include dparams and dy0 in records and output")
+    c.add_argument("--traceback", action="store_true",
+                   help="print the full details (traceback, worker stderr) of failed cells, not just one line")
     from .sweep import _cli as sweep_cli
 
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
     sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
+    from .check import _cli as check_cli
+
+    check_cli.add_check_parser(sub)
     js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
     js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
     js.set_defaults(func=cmd_julia_setup)
     return p
 
 
+_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _join_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--rtol -1e-3`` -> ``--rtol=-1e-3``: argparse takes ``-1e-3`` for an option ("expected one argument"); joined,
+    the value reaches the option's own check, which names what is allowed."""
+    takes_value = set()
+    for action in parser._actions:  # the options of every subcommand that take a value
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                takes_value.update(o for a in sub._actions if a.nargs != 0 for o in a.option_strings)
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in takes_value and i + 1 < len(argv) and _NUMBER.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+class _PipeSafe:
+    """A text stream that drops output once its reader has gone (``| head -1``): the command keeps computing and
+    writing its results file instead of dying of a broken pipe."""
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._break()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._break()
+
+    def _break(self):
+        self.broken = True
+        try:  # later writes (and the interpreter's final flush) go nowhere
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _one_line_warnings(default):
+    """``warnings.showwarning`` that prints crossode's own warnings (skipped results-file lines) as one line."""
+    from .sweep._store import SkippedLineWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SkippedLineWarning):
+            print(f"crossode: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crossode`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = _join_negative_values(parser, list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
     start = time.perf_counter()
+    streams = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, _PipeSafe):
+        sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     try:
-        code = args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            code = args.func(args)
     except CrossODEError as e:
         return _usage_error(str(e))
     except KeyboardInterrupt:
+        print("crossode: interrupted.", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout, sys.stderr = streams
     if os.environ.get("CROSSODE_TIMING"):
         print(f"({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return code

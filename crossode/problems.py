@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._errors import InvalidInputError, fmt_choices
+from ._limits import MAX_MLP_LAYERS, MAX_SAVES, check_count, check_symbolic_size
 from ._problem import Loss, Problem
 from ._rhs import MLPRHS, SymbolicRHS
 
@@ -51,6 +52,7 @@ def _matrix_problem(name: str, a: np.ndarray, y0, t1: float, description: str, s
 
 def linear(n: int = 10, t1: float = 2.0, seed: int = 0) -> Problem:
     """Random stable linear system with a closed-form gradient (matrix exponential)."""
+    check_symbolic_size(n, n * n)  # before n*n strings and numbers exist
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((n, n)) / np.sqrt(n) - 0.5 * np.eye(n)
     y0 = rng.standard_normal(n)
@@ -121,6 +123,7 @@ def fitzhugh_nagumo(a=0.7, b=0.8, tau_inv=1 / 12.5, l=0.5, t1: float = 10.0) -> 
 
 def cubic_spiral(t1: float = 1.5, n_save: int = 30) -> Problem:
     """The cubic spiral of torchdiffeq's demo and Onken & Ruthotto: y' = A^T (y^3), saved at 29 times."""
+    check_count("n_save", n_save, MAX_SAVES)
     a = {"a11": -0.1, "a12": 2.0, "a21": -2.0, "a22": -0.1}
     return Problem(
         SymbolicRHS(["x", "y"], list(a), ["a11*x**3 + a21*y**3", "a12*x**3 + a22*y**3"]),
@@ -143,6 +146,7 @@ def mlp(n: int = 2, width: int = 32, depth: int = 1, activation: str = "tanh", s
     """A neural ODE y' = MLP(y) of configurable size (depth = number of hidden layers)."""
     if depth < 1 or width < 1 or n < 1:
         raise InvalidInputError(f"`n`, `width`, `depth` must be >= 1; got n={n}, width={width}, depth={depth}.")
+    check_count("depth", depth, MAX_MLP_LAYERS - 1)  # before a list of `depth` widths exists
     rhs = MLPRHS([n] + [width] * depth + [n], activation, seed=seed)
     y0 = np.zeros(n)
     y0[0] = 1.0

@@ -16,3 +16,25 @@ DATA = pathlib.Path(__file__).parent / "data"
 def data_dir() -> pathlib.Path:
     """The directory of test data files."""
     return DATA
+
+
+@pytest.fixture
+def boom_backend():
+    """A backend whose solves raise a multi-line RuntimeError: an unexpected backend crash, for harness/CLI tests of
+    how crashes are reported (one-line message, details kept)."""
+    from crossode._backend import Prepared
+    from crossode.backends.reference import ReferenceBackend
+
+    class Boom(Prepared):
+        def solve(self):
+            raise RuntimeError("first line of the error\nsecond line\nthird line")
+
+        gradient = solve
+
+    class BoomBackend(ReferenceBackend):
+        name = "boom"
+
+        def prepare(self, *args, **kwargs):
+            return Boom()
+
+    return BoomBackend()

@@ -100,3 +100,163 @@ def test_damped_linear_done_when(data_dir, capsys):
     closed = reference(p, "closed_form")
     assert relative_error(grad, closed.grad) < 1e-5
     assert relative_error(reference(p, "sensitivity").grad, closed.grad) < 1e-8
+
+
+def _without_root_override():
+    """In the child before exec: drop CAP_DAC_OVERRIDE from the bounding set, so that a process run as root obeys
+    file modes like an ordinary user's (a no-op for non-root users, who obey them anyway)."""
+    import ctypes
+    import os
+
+    if os.geteuid() == 0:
+        pr_capbset_drop, cap_dac_override = 24, 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_capbset_drop, cap_dac_override, 0, 0, 0)
+
+
+def one_line_exit_2(out, match):
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert match in out.stderr and "Traceback" not in out.stderr + out.stdout, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+@pytest.mark.parametrize("case", ["dev_zero", "power_tower", "replicates", "tiny_dt"])
+def test_done_when_hostile_inputs_end_fast_with_one_line(case, tmp_path):
+    """Issue 15 "done when": each ends in under 10 s with one line and exit 2 (they hung, or ate GBs, before)."""
+    if case == "dev_zero":
+        args, match = ["compare", "--problem-file", "/dev/zero"], "not a regular file"
+    elif case == "power_tower":
+        f = tmp_path / "p.toml"
+        f.write_text('states = ["x"]\nrhs = ["10**10**10*x"]\ny0 = [1.0]\ntspan = [0.0, 1.0]\n')
+        args, match = ["compare", "--problem-file", str(f), "--backend", "reference"], "digits"
+    elif case == "replicates":
+        f = tmp_path / "sweep.toml"
+        f.write_text('problems = ["exponential_decay"]\nbackends = ["reference"]\nreplicates = 100000000\n'
+                     'output = "r.jsonl"\n')
+        args, match = ["compare", "--config", str(f)], "max_cells"
+    else:
+        args, match = ["compare", "--problem", "exponential_decay", "--backend", "reference", "--solver", "rk4",
+                       "--dt", "1e-9"], "max_steps"
+    start = time.perf_counter()
+    out = run(*args, timeout=60)
+    assert time.perf_counter() - start < 10.0
+    one_line_exit_2(out, match)
+
+
+@pytest.mark.parametrize("flag, value, match", [("--rtol", "-1e-3", "`rtol` must be a positive"),
+                                                ("--atol", "-1e-12", "`atol` must be a positive"),
+                                                ("--dt", "-.5", "`dt` must be a positive")])
+def test_negative_scientific_values_reach_the_value_check(flag, value, match, capsys):
+    """`--rtol -1e-3` gave argparse's "expected one argument" (issue 15)."""
+    code = main(["compare", "--backend", "reference", flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "expected one argument" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "under_a_file", "proc", "directory", "dev_full", "read_only"])
+def test_unusable_out_is_one_line_before_any_cell_runs(where, tmp_path):
+    """--out /dev/full failed only after every cell ran; other paths gave tracebacks (issue 15)."""
+    import os
+    import tempfile
+
+    preexec = None
+    if where == "missing_dir":  # created, like a sweep's output directory (nothing to refuse)
+        path = tmp_path / "nonexistent" / "dir" / "x.jsonl"
+    elif where == "under_a_file":
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "x.jsonl"
+    elif where == "proc":
+        path = "/proc/crossode-test/x.jsonl"
+    elif where == "directory":
+        path = tmp_path
+    elif where == "dev_full":
+        path = "/dev/full"
+    else:
+        shared = tempfile.mkdtemp(dir="/tmp", prefix="crossode-ro-")
+        os.chmod(shared, 0o777)
+        path = os.path.join(shared, "r.jsonl")
+        with open(path, "w") as fh:
+            fh.write("")
+        os.chmod(path, 0o444)
+        preexec = _without_root_override
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "crossode", "compare", "--problem", "exponential_decay", "--backend",
+                          "reference", "--repeats", "1", "--out", str(path)], capture_output=True, text=True,
+                         timeout=120, preexec_fn=preexec, cwd="/")
+    if where == "missing_dir":
+        assert out.returncode == 0, out.stderr
+        assert json.loads(path.read_text().splitlines()[0])["status"] == "ok"
+        return
+    one_line_exit_2(out, {"directory": "is a directory", "dev_full": "not a regular file"}.get(
+        where, "cannot be written"))
+    assert "cells" not in out.stdout  # no table: nothing ran
+    assert time.perf_counter() - start < 30.0
+
+
+def test_compare_takes_the_sweeps_lock(tmp_path, capsys):
+    """Plain `compare --out F` appended to a running sweep's file (issue 15): now it takes the same lock."""
+    from crossode.sweep import ResultStore
+
+    path = tmp_path / "r.jsonl"
+    with ResultStore(path):
+        code = main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--out", str(path)])
+        assert code == 2 and "in use by another sweep" in capsys.readouterr().err
+    assert not path.read_text()
+
+
+def test_exit_1_when_no_cell_is_ok(tmp_path, capsys):
+    """`compare` exited 0 when every cell failed (issue 15); now 1, and 0 when some cell is ok."""
+    assert main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--repeats", "1"]) == 0
+    f = tmp_path / "p.toml"  # the field overflows float64 at once: every cell fails
+    f.write_text('states = ["x"]\nrhs = ["exp(1000*x)"]\ny0 = [1.0]\ntspan = [0.0, 1.0]\n')
+    capsys.readouterr()
+    assert main(["compare", "--problem-file", str(f), "--backend", "reference", "--repeats", "1"]) == 1
+    assert "no cell finished ok" in capsys.readouterr().err
+
+
+def test_duplicate_list_entries_run_once(capsys, tmp_path):
+    path = tmp_path / "r.jsonl"
+    assert main(["compare", "--problem", "exponential_decay", "--backend", "reference,reference", "--solver",
+                 "dopri5,tsit5,dopri5", "--repeats", "1", "--out", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "--solver lists 'dopri5' more than once" in err and "--backend lists 'reference'" in err
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_memory_column_is_blank_where_not_measured_cleanly(capsys):
+    """In-process RSS deltas after the first cell are meaningless (10.5 MB alone, 0.0 after another cell): the
+    second cell's memory is blank and the table says why."""
+    code = subprocess.run([sys.executable, "-m", "crossode", "compare", "--problem", "exponential_decay",
+                           "--backend", "reference", "--solver", "dopri5,tsit5", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert code.returncode == 0, code.stderr
+    assert "blank: not measured cleanly" in code.stdout and "--config" in code.stdout
+
+
+def test_crashed_message_is_one_line_and_traceback_is_a_flag(capsys, boom_backend):
+    """A crashed cell printed a screen of traceback before the table (issue 15): one line; the traceback only with
+    --traceback. The record comes from measure() on a backend whose gradient raises a multi-line error."""
+    from crossode import Direct, Dopri5, get_problem, measure
+    from crossode.cli import _print_table
+
+    p = get_problem("exponential_decay")
+    rec = measure(p, boom_backend, Dopri5(), Direct(), repeats=1)
+    _print_table([rec], p, [])
+    plain = capsys.readouterr().out
+    assert "boom/dopri5/direct: crashed: RuntimeError: first line of the error" in plain
+    assert "third line" not in plain and "Traceback" not in plain
+    _print_table([rec], p, [], show_details=True)
+    assert "third line" in capsys.readouterr().out
+
+
+def test_partly_unsupported_products_run_the_rest(capsys):
+    """"Unsupported combinations exit 2" holds only when every cell is unsupported (issue 15): a product with some
+    sensible pairs runs them, notes the skipped ones and exits by the cells' statuses; --help says so."""
+    code = main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--solver", "dopri5,alf",
+                 "--sensitivity", "mali", "--repeats", "1"])
+    out = capsys.readouterr()
+    assert code == 0 and "skipped:" in out.err and "reversible solver" in out.err
+    assert "alf" in out.out and "mali" in out.out
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "only when every cell is unsupported" in " ".join(capsys.readouterr().out.split())

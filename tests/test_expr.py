@@ -83,3 +83,49 @@ def test_duplicate_and_clashing_names():
         SymbolicRHS(["x", "x"], [], ["1", "1"])
     with pytest.raises(InvalidInputError, match="both as state and parameter"):
         SymbolicRHS(["x"], ["x"], ["x"])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("10**10**10", "1e\\+10 digits"),       # SymPy would compute a 10-billion-digit integer (issue 15: spun forever)
+    ("9**9**9*x", "digits"),
+    ("2**-(10**10)", "digits"),
+    ("(1/3)**100000", "digits"),
+    ("10**200*10**200", "400 digits"),
+    ("1/0", "non-finite"),
+    ("1e400*x", "overflows"),
+])
+def test_constant_folding_is_bounded(text, match):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(UnsafeExpressionError, match=match):
+        parse_expression(text, TABLE)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_large_but_reasonable_constants_pass():
+    assert parse_expression("10**300*x", TABLE) == sympy.Integer(10) ** 300 * X
+    assert parse_expression("x**(10**10)", TABLE) == X ** (10**10)  # symbolic base: nothing is computed
+
+
+def test_deep_nesting_is_refused_at_parse_time():
+    """`sin` nested 150 deep passed the syntax-depth check and then hit RecursionError in the cell (issue 15)."""
+    deep = "x"
+    for _ in range(150):
+        deep = f"sin({deep})"
+    with pytest.raises(UnsafeExpressionError, match="nested more than 64"):
+        SymbolicRHS(["x"], [], [deep])
+    ok = "x"
+    for _ in range(60):
+        ok = f"sin({ok})"
+    rhs = SymbolicRHS(["x"], [], [ok])
+    import numpy as np
+
+    assert np.isfinite(rhs.jac_y(0.0, np.array([0.3]), np.array([])))  # and what passes works downstream
+
+
+def test_error_messages_do_not_echo_long_input():
+    text = "open(1) + " + " + ".join(["x"] * 3000)
+    with pytest.raises(UnsafeExpressionError) as e:
+        parse_expression(text, TABLE)
+    assert len(str(e.value)) < 400 and "characters)" in str(e.value)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import crossode
-from crossode import Direct, Dopri5, GradientOutput, Stats
+from crossode import RK4, Adaptive, Direct, Dopri5, Fixed, GradientOutput, Stats
 from crossode._backend import Prepared
 from crossode._harness import peak_rss_delta
 from crossode.backends.reference import ReferenceBackend
@@ -34,14 +34,88 @@ class _ScaledBackend(ReferenceBackend):
         return _Scaled(super().prepare(*args, **kwargs), self.factor)
 
 
-@pytest.mark.parametrize("factor, status", [(1.5, "ok"), (10.0, "inaccurate"), (1e305, "diverged"),
-                                            (np.nan, "diverged")])
+@pytest.mark.parametrize("factor, status", [(1 + 1e-4, "ok"), (1.01, "inaccurate"), (1.5, "inaccurate"),
+                                            (10.0, "inaccurate"), (1e305, "diverged"), (np.nan, "diverged")])
 def test_gradient_quality_statuses(factor, status):
+    """At rtol 1e-6 a gradient 1% off is not what the tolerance promises (limit 1000 x rtol = 1e-3): inaccurate,
+    with the raw error kept (before issue 15 anything up to 100% passed as ok)."""
     p = crossode.get_problem("exponential_decay")
-    rec = crossode.measure(p, _ScaledBackend(factor), Dopri5(), Direct(), repeats=1)
+    rec = crossode.measure(p, _ScaledBackend(factor), Dopri5(), Direct(), Adaptive(rtol=1e-6), repeats=1)
     assert rec.status == status, rec.message
     if status == "inaccurate":
-        assert rec.grad_error == pytest.approx(9.0) and "exceeds" in rec.message
+        assert rec.grad_error == pytest.approx(factor - 1) and "exceeds 0.001" in rec.message
+        assert "1000 x max(rtol=1e-06" in rec.message
+
+
+@pytest.mark.parametrize("step, dtype, factor, status", [
+    (Adaptive(rtol=1e-2), "float64", 1.09, "ok"),      # loose tolerance: capped at 10%
+    (Adaptive(rtol=1e-2), "float64", 1.2, "inaccurate"),
+    (Adaptive(rtol=1e-12), "float64", 1 + 1e-8, "ok"),  # below the reference's resolution (1e-10 -> limit 1e-7)
+    (Adaptive(rtol=1e-12), "float64", 1 + 1e-6, "inaccurate"),
+    (Adaptive(rtol=1e-9), "float32", 1 + 5e-4, "ok"),   # float32 resolves ~1e-6 -> limit 1e-3
+    (Fixed(dt=0.1), "float64", 1.05, "ok"),             # fixed steps: a documented 10% limit
+    (Fixed(dt=0.1), "float64", 1.2, "inaccurate"),
+])
+def test_error_limit_by_step_and_dtype(step, dtype, factor, status):
+    p = crossode.get_problem("exponential_decay")
+    rec = crossode.measure(p, _ScaledBackend(factor), RK4() if isinstance(step, Fixed) else Dopri5(), Direct(),
+                           step, dtype=dtype, repeats=1)
+    assert rec.status == status, rec.message
+    assert rec.grad_error == pytest.approx(factor - 1, rel=1e-3)
+    assert crossode.error_limit(step.rtol if isinstance(step, Adaptive) else None, dtype) == pytest.approx(
+        {(True, "float64"): min(0.1, 1e3 * max(getattr(step, "rtol", 0), 1e-10)), (True, "float32"): 1e-3,
+         (False, "float64"): 0.1}[(isinstance(step, Adaptive), dtype)])
+
+
+@pytest.mark.torch
+def test_error_norm_trap_is_not_ok():
+    """Issue 15: dopri5 + Direct on Sapienza et al.'s trap finishes with a 63% gradient error at rtol 1e-6; it was
+    reported `ok` under the old 100% rule. The raw number is kept."""
+    pytest.importorskip("torch")
+    p = crossode.get_problem("error_norm_trap")
+    rec = crossode.measure(p, "torch", Dopri5(), Direct(), Adaptive(rtol=1e-6, atol=1e-8), repeats=1)
+    assert rec.status == "inaccurate", rec.message
+    assert 0.5 < rec.grad_error < 0.8 and rec.loss is not None and rec.nfe_forward > 0
+
+
+def test_fixed_step_count_is_checked_before_any_allocation():
+    """dt = 1e-9 over [0, 5] is 5e9 steps: a max_steps status at once, not a 37 GiB grid (issue 15)."""
+    import time
+
+    p = crossode.get_problem("exponential_decay")
+    start = time.perf_counter()
+    rec = crossode.measure(p, "reference", RK4(), Direct(), Fixed(dt=1e-9), repeats=1)
+    assert rec.status == "max_steps" and "5,000,000,000 steps" in rec.message
+    with pytest.raises(crossode.SolverFailure, match="max_steps=100,000,000"):
+        crossode.fixed_grid(0.0, 1.0, 1e-9)
+    with pytest.raises(crossode.SolverFailure, match="max_steps=10"):
+        crossode.fixed_grid(0.0, 1.0, 0.01, max_steps=10)
+    assert len(crossode.fixed_grid(0.0, 1.0, 0.1, max_steps=10)) == 11
+    assert time.perf_counter() - start < 5.0
+
+
+def test_crashed_message_is_one_line_with_details(boom_backend):
+    """A crash (here: a backend whose gradient raises with a multi-line message) gives a one-line `message` and
+    the full text plus traceback in `details`."""
+
+    rec = crossode.measure(crossode.get_problem("exponential_decay"), boom_backend, Dopri5(), Direct(), repeats=1)
+    assert rec.status == "crashed" and rec.message == "RuntimeError: first line of the error"
+    assert "third line" in rec.details and "Traceback" in rec.details
+
+
+def test_cpu_rss_only_for_the_first_cell_of_a_process():
+    """In-process RSS deltas after a first cell are meaningless (shared heap): recorded only for the first."""
+    code = ("import crossode as co\np = co.get_problem('exponential_decay')\n"
+            "a = co.measure(p, 'reference', repeats=1); b = co.measure(p, 'reference', repeats=1)\n"
+            "print(a.memory_kind, a.peak_memory_bytes is not None, b.memory_kind, b.peak_memory_bytes)\n")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    first_kind, first_has, second_kind, second = out.stdout.split()
+    assert (second_kind, second) == ("None", "None"), out.stderr
+    if first_kind != "None":  # procfs clear_refs available
+        assert (first_kind, first_has) == ("cpu_rss", "True")
 
 
 def test_gradient_raises_on_nonfinite():

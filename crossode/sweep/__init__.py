@@ -16,6 +16,7 @@ from ._config import Cell as Cell, SweepConfig as SweepConfig, config_from_dict 
 from ._config import load_config as load_config
 from ._executor import Executor as Executor, InlineExecutor as InlineExecutor, LocalExecutor as LocalExecutor
 from ._store import ResultStore as ResultStore, StoreLockedError as StoreLockedError, read_records as read_records
+from ._store import SkippedLineWarning as SkippedLineWarning, StoreWriteError as StoreWriteError
 from ._sweep import print_summary as print_summary, run_sweep as run_sweep
 
 
@@ -35,5 +36,6 @@ def write_report(path, out_dir=None, **kwargs):
 
 
 __all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "Executor", "LocalExecutor", "InlineExecutor",
-           "ResultStore", "StoreLockedError", "read_records", "run_sweep", "print_summary", "load_records",
+           "ResultStore", "StoreLockedError", "StoreWriteError", "SkippedLineWarning", "read_records", "run_sweep",
+           "print_summary", "load_records",
            "write_report"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -16,16 +17,24 @@ _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": N
 
 
 def add_sweep_arguments(c) -> None:
-    """Add ``--config``, ``--resume``, ``--jobs``, ``--timeout`` to the ``compare`` parser."""
+    """Add ``--config``, ``--resume``, ``--retry-failed``, ``--jobs``, ``--timeout``, ``--max-cells`` to ``compare``."""
+    from ._sweep import RETRY_DEFAULT
+
     c.add_argument("--config", help="TOML sweep config (problems x backends x solvers x ...); see crossode.sweep")
     c.add_argument("--resume", action="store_true", help="with --config: skip cells already in the results file")
+    c.add_argument("--retry-failed", nargs="?", const=",".join(RETRY_DEFAULT), metavar="STATUSES",
+                   help="with --config: like --resume, but run again the cells whose latest record has one of these "
+                        f"statuses (comma list; default: {','.join(RETRY_DEFAULT)})")
     c.add_argument("--jobs", type=int, help="with --config: cells run in parallel (default: the config's, else 1)")
     c.add_argument("--timeout", type=float, help="with --config: per-cell time limit in seconds")
+    c.add_argument("--max-cells", type=int, help="with --config: refuse a sweep of more cells (default: the "
+                                                 "config's max_cells, else 100000)")
 
 
 def check_sweep_flags(args) -> None:
     """Sweep-only flags without ``--config`` are an error (they would silently do nothing)."""
-    used = [f"--{n}" for n in ("resume", "jobs", "timeout") if getattr(args, n, None) not in (None, False)]
+    used = [f"--{n.replace('_', '-')}" for n in ("resume", "retry_failed", "jobs", "timeout", "max_cells")
+            if getattr(args, n, None) not in (None, False)]
     if used and not getattr(args, "config", None):
         raise InvalidInputError(f"{', '.join(used)} only apply with --config.")
 
@@ -42,14 +51,49 @@ def compare_config(args) -> int:
         raise InvalidInputError(f"--jobs must be a positive integer; got {args.jobs}.")
     if args.timeout is not None and not args.timeout > 0:
         raise InvalidInputError(f"--timeout must be positive; got {args.timeout}.")
-    config = load_config(args.config)
+    if args.max_cells is not None and args.max_cells < 1:
+        raise InvalidInputError(f"--max-cells must be a positive integer; got {args.max_cells}.")
+    retry = retry_statuses(args.retry_failed)
+    config = load_config(args.config, max_cells=args.max_cells)
     out = args.out or config.output
     if not out:
         raise InvalidInputError("no results file: set `output` in the config or pass --out.")
     jobs = args.jobs or config.jobs
-    run_sweep(config.cells, out, resume=args.resume, jobs=jobs, timeout=args.timeout)
+    if config.dropped:
+        shown = "; ".join(config.dropped[:3]) + (f"; ... ({len(config.dropped) - 3} more)" if len(config.dropped) > 3
+                                                 else "")
+        print(f"left out {len(config.dropped)} solver x sensitivity combination(s): {shown}", file=sys.stderr)
+    from ._store import StoreWriteError
+
+    try:
+        records = run_sweep(config.cells, out, resume=args.resume, retry=retry, jobs=jobs, timeout=args.timeout,
+                            details=getattr(args, "traceback", False))
+    except KeyboardInterrupt:
+        print(f"crossode: interrupted; every finished cell's record is in {out}. Run the same command with --resume "
+              "to run the rest.", file=sys.stderr)
+        return 130
+    except StoreWriteError as e:
+        for rec in getattr(e, "records", []):  # what could not be saved, so that nothing is lost
+            print(json.dumps(rec.to_dict()))
+        raise
     print(f"results: {out}  (tables and figures: crossode report {out})")
+    if records and not any(r.ok for r in records):
+        print("crossode: no cell finished ok (exit status 1).", file=sys.stderr)
+        return 1
     return 0
+
+
+def retry_statuses(text: str | None) -> tuple[str, ...]:
+    """The statuses of ``--retry-failed`` (validated against :data:`crossode.STATUSES`)."""
+    from .._record import STATUSES
+
+    if text is None:
+        return ()
+    statuses = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in statuses if x not in STATUSES]
+    if bad or not statuses:
+        raise InvalidInputError(f"--retry-failed: unknown status(es) {bad or [text]}; allowed: {', '.join(STATUSES)}.")
+    return statuses
 
 
 def add_report_parser(sub, func) -> None:
@@ -66,8 +110,12 @@ def cmd_report(args) -> int:
     from ._report import write_report
 
     for path in args.results:
-        if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise InvalidInputError(f"results file {path!r} is a directory; give the JSONL file(s) in it.")
+        if not os.path.exists(path):
             raise InvalidInputError(f"results file {path!r} does not exist.")
+        if not os.path.isfile(path):
+            raise InvalidInputError(f"results file {path!r} is not a regular file.")
     report = write_report(args.results, args.out, title=args.title)
     directory = os.path.dirname(report)
     print(f"report: {report}  (also report.html, tables/*.md|csv, figures/*.png in {directory})", file=sys.stdout)

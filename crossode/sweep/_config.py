@@ -6,6 +6,7 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     description = "..."                  # free text
     output = "results.jsonl"             # JSONL results file, relative to this file (--out overrides)
     jobs = 1                             # cells run in parallel (--jobs overrides; 1 for timing fidelity)
+    max_cells = 100000                   # refuse a sweep that expands to more cells (--max-cells overrides)
 
     # ---- grid keys: allowed at the top level (defaults for every [[grid]]) and inside each [[grid]] ----
     problems = ["lotka_volterra",        # zoo names, or tables:
@@ -20,7 +21,9 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     rtol = [1e-3, 1e-6]                  # adaptive tolerances (one cell each) ...
     atol = 1e-8                          # ... with one atol for all, or a list zipped with rtol (default: = rtol)
     dt = [0.1, 0.01]                     # fixed steps (one cell each; every solver). Neither rtol nor dt:
-                                         #   Adaptive() defaults (rtol 1e-6, atol 1e-8)
+                                         #   Adaptive() defaults (rtol 1e-6, atol 1e-8). rtol/atol and dt
+                                         #   in one table is an error (two [[grid]] tables for both kinds);
+                                         #   a [[grid]]'s step kind replaces the top level's
     dt0 = 0.01                           # first step of adaptive solves (default: automatic)
     max_steps = 10000                    # step budget (default: Adaptive/Fixed defaults)
     devices = ["cpu"]
@@ -36,6 +39,12 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     [[grid]]                             # optional: several sub-grids; cells = union of their products
     problems = [...]                     # (each inherits the top-level grid keys and may override them)
 
+Expansion is bounded: the number of cells is counted from the list lengths before anything is built and refused
+above ``max_cells`` (default :data:`crossode._limits.MAX_CELLS`); each problem is built once in the sweep process
+(so a bad or oversized override fails at once, with its size limit), and reading plus expanding the whole config is
+stopped after :data:`crossode._limits.PARSE_SECONDS`. Duplicate entries (the same cell twice, from repeated list
+entries or overlapping grids) run once: cells are deduplicated by :attr:`Cell.key`, in file order.
+
 Problem ``overrides`` go to the zoo factory (``get_problem(name, **overrides)``, e.g. ``t1``, ``n``, ``width``,
 ``mu``) and may also be ``tspan = [t0, t1]``; for problem files only ``t1`` (rescales ``saveat`` in proportion)
 and ``tspan`` (``saveat`` must fit) are allowed. ``scan`` maps an override to a list of values: one problem per
@@ -45,6 +54,7 @@ value (e.g. integration lengths for memory-vs-length studies).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -54,6 +64,7 @@ from typing import Any
 
 from .._errors import InvalidInputError, UnsupportedError, fmt_choices
 from .._harness import DTYPES
+from .._limits import MAX_CELLS, PARSE_SECONDS, time_limit
 from .._problem import Problem
 from .._problemfile import read_toml
 from .._registry import BACKENDS
@@ -62,7 +73,7 @@ from .._solvers import Adaptive, Fixed, solver_from_name
 
 __all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "build_problem", "build_step"]
 
-_TOP_ONLY = {"name", "description", "output", "jobs", "grid"}
+_TOP_ONLY = {"name", "description", "output", "jobs", "max_cells", "grid"}
 _GRID = {
     "problems", "backends", "solvers", "sensitivities", "methods", "rtol", "atol", "dt", "dt0", "max_steps",
     "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference", "save_gradients", "tags",
@@ -70,6 +81,7 @@ _GRID = {
 _PROBLEM_KEYS = {"name", "file", "overrides", "scan"}
 _METHOD_KEYS = {"solver", "sensitivity", "solver_options", "sensitivity_options"}
 _FILE_OVERRIDES = {"t1", "tspan"}
+_ADAPTIVE_KEYS = {"rtol", "atol"}
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -117,7 +129,7 @@ class Cell:
     save_gradients: bool = False
     tags: dict = dataclasses.field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Stable 16-hex-digit identity over problem (+overrides, fingerprint), backend, solver (+options),
         sensitivity (+options), step, device, dtype and replicate index."""
@@ -246,20 +258,31 @@ class SweepConfig:
     """(solver, sensitivity, step) combinations of solver x sensitivity products left out, with the reason."""
 
 
-def load_config(path: str | os.PathLike) -> SweepConfig:
-    """Read and validate a sweep TOML file; raises :class:`InvalidInputError` naming the file and the bad key."""
+def load_config(path: str | os.PathLike, *, max_cells: int | None = None,
+                timeout: float | None = PARSE_SECONDS) -> SweepConfig:
+    """Read and validate a sweep TOML file; raises :class:`InvalidInputError` naming the file and the bad key.
+
+    ``max_cells`` overrides the config's own ``max_cells``; reading and expanding stop after ``timeout`` seconds
+    (the sweep process runs this outside every cell's time limit).
+    """
     path = os.fspath(path)
-    data = read_toml(path, "sweep config")
-    try:
-        return config_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)),
-                                default_name=os.path.splitext(os.path.basename(path))[0], path=path)
-    except InvalidInputError as e:
-        raise InvalidInputError(f"sweep config {path!r}: {e}") from None
+    with time_limit(timeout, f"reading and expanding sweep config {path!r}"):
+        data = read_toml(path, "sweep config")
+        try:
+            return config_from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)),
+                                    default_name=os.path.splitext(os.path.basename(path))[0], path=path,
+                                    max_cells=max_cells)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"sweep config {path!r}: {e}") from None
 
 
 def config_from_dict(data: dict, *, base_dir: str = ".", default_name: str = "sweep",
-                     path: str | None = None) -> SweepConfig:
-    """Validate a sweep given as a dict (the parsed TOML) and expand it into cells."""
+                     path: str | None = None, max_cells: int | None = None) -> SweepConfig:
+    """Validate a sweep given as a dict (the parsed TOML) and expand it into cells.
+
+    ``max_cells`` (default: the config's ``max_cells``, else :data:`crossode._limits.MAX_CELLS`) bounds the number
+    of cells, counted before any is built.
+    """
     if not isinstance(data, dict):
         raise InvalidInputError("a sweep config must be a table.")
     unknown = set(data) - _TOP_ONLY - _GRID
@@ -271,12 +294,14 @@ def config_from_dict(data: dict, *, base_dir: str = ".", default_name: str = "sw
     if output is not None:
         output = os.path.join(base_dir, _str(data, "output", ""))
     jobs = _posint(data, "jobs", 1)
+    if max_cells is None:
+        max_cells = _posint(data, "max_cells", MAX_CELLS)
+    budget = [max_cells]
     defaults = {k: v for k, v in data.items() if k in _GRID}
     grids = data.get("grid", [{}])
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
         raise InvalidInputError("`grid` must be an array of tables ([[grid]] sections).")
-    cells: list[Cell] = []
-    seen: set[str] = set()
+    plans = []
     dropped: list[str] = []
     for i, grid in enumerate(grids):
         where = f"[[grid]] #{i + 1}: " if "grid" in data else ""
@@ -284,8 +309,19 @@ def config_from_dict(data: dict, *, base_dir: str = ".", default_name: str = "sw
         if unknown:
             raise InvalidInputError(f"{where}unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(_GRID))}.")
         merged = {**defaults, **grid}
+        if "dt" in grid and not _ADAPTIVE_KEYS & set(grid):  # a grid's step kind replaces the top level's
+            merged = {k: v for k, v in merged.items() if k not in _ADAPTIVE_KEYS}
+        elif _ADAPTIVE_KEYS & set(grid) and "dt" not in grid:
+            merged.pop("dt", None)
         try:
-            new = _expand(merged, base_dir, name, dropped)
+            plans.append((where, _plan(merged, base_dir, name, dropped, budget, max_cells)))
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{where}{e}") from None
+    cells: list[Cell] = []  # every grid is counted (above) before any grid's problems and cells are built
+    seen: set[str] = set()
+    for where, plan in plans:
+        try:
+            new = _build(plan)
         except InvalidInputError as e:
             raise InvalidInputError(f"{where}{e}") from None
         for c in new:
@@ -339,8 +375,16 @@ def _numbers(d, key) -> list[float] | None:
     return [_number(key, x) for x in (v if isinstance(v, list) else [v])]
 
 
-def _problems(g, base_dir) -> list[dict]:
+def _too_many(count: int, max_cells: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"the sweep expands to more than {max_cells:,} cells (at least {count:,}); split it, or raise the limit with "
+        "`max_cells = N` in the config or --max-cells N."
+    )
+
+
+def _problems(g, base_dir, budget: int, max_cells: int) -> list[dict]:
     out = []
+    count = 0
     for entry in _list(g, "problems", None):
         if isinstance(entry, str):
             entry = {"name": entry}
@@ -367,6 +411,9 @@ def _problems(g, base_dir) -> list[dict]:
             if k in overrides:
                 raise InvalidInputError(f"problem key {k!r} is both in `overrides` and `scan`.")
         keys = list(scan)
+        count += math.prod(len(scan[k]) for k in keys)  # counted before the product is built
+        if count > budget:
+            raise _too_many(count, max_cells)
         for values in itertools.product(*(scan[k] for k in keys)) if keys else [()]:
             out.append({**base, "overrides": {**overrides, **dict(zip(keys, values))}})
     return out
@@ -380,7 +427,7 @@ def _descr(entry, what: str) -> tuple[str, dict]:
     raise InvalidInputError(f"`{what}` entries must be names or tables with `name`; got {entry!r}.")
 
 
-def _methods(g) -> tuple[list[tuple], bool]:
+def _methods(g, budget: int, max_cells: int) -> tuple[list[tuple], bool]:
     """(solver, sensitivity) descriptor pairs and whether they were given explicitly."""
     if "methods" in g:
         if "solvers" in g or "sensitivities" in g:
@@ -408,6 +455,9 @@ def _methods(g) -> tuple[list[tuple], bool]:
             except UnsupportedError as e:
                 raise InvalidInputError(f"method [{s.name!r}, {g_.name!r}]: {e}") from None
         return pairs, True
+    n_pairs = len(_list(g, "solvers", ["dopri5"])) * len(_list(g, "sensitivities", ["direct"]))
+    if n_pairs > budget:
+        raise _too_many(n_pairs, max_cells)
     solvers = [solver_from_name(n, **o) for n, o in map(lambda e: _descr(e, "solvers"),
                                                             _list(g, "solvers", ["dopri5"]))]
     sens = [sensitivity_from_name(n, **o) for n, o in map(lambda e: _descr(e, "sensitivities"),
@@ -422,6 +472,11 @@ def _steps(g) -> list[dict]:
         raise InvalidInputError("`dt0` must be one number.")
     max_steps = g.get("max_steps")
     steps = []
+    if dt is not None and rtol is not None:
+        raise InvalidInputError(
+            "give `rtol`/`atol` (adaptive steps) or `dt` (fixed steps), not both in one table (the command line "
+            "refuses --rtol with --dt too); use one [[grid]] table for each kind."
+        )
     if rtol is None and atol is not None:
         raise InvalidInputError("`atol` needs `rtol`.")
     if rtol is None and dt is None:
@@ -444,13 +499,16 @@ def _steps(g) -> list[dict]:
     return steps
 
 
-def _expand(g: dict, base_dir: str, sweep_name: str, dropped: list[str]) -> list[Cell]:
-    problems = _problems(g, base_dir)
+def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: list[int],
+          max_cells: int) -> dict:
+    """Validate one grid and count its cells from the list lengths, building nothing expensive; ``budget[0]`` (cells
+    still allowed) is checked and decreased. :func:`_build` makes the cells."""
+    problems = _problems(g, base_dir, budget[0], max_cells)
     backends = _list(g, "backends", ["reference"], item=lambda x: isinstance(x, str))
     for b in backends:
         if b not in BACKENDS:
             raise InvalidInputError(f"unknown backend {b!r}; expected one of {fmt_choices(BACKENDS)}.")
-    pairs, explicit = _methods(g)
+    pairs, explicit = _methods(g, budget[0], max_cells)
     steps = _steps(g)
     devices = _list(g, "devices", ["cpu"], item=lambda x: isinstance(x, str) and x)
     dtypes = _list(g, "dtypes", ["float64"], item=lambda x: x in DTYPES)
@@ -467,15 +525,6 @@ def _expand(g: dict, base_dir: str, sweep_name: str, dropped: list[str]) -> list
         raise InvalidInputError(f"`tags` must be a table; got {tags!r}.")
     tags = {**tags, "sweep": sweep_name}
 
-    built = []
-    for spec in problems:
-        try:
-            p = build_problem(spec)  # validates overrides now, not in a worker an hour later
-        except InvalidInputError as e:
-            what = spec.get("name") or spec.get("file")
-            raise InvalidInputError(f"problem {what!r} with overrides {spec['overrides']}: {e}") from None
-        built.append((spec, p))
-
     combos = []
     for solver, sens in pairs:
         if not explicit:
@@ -491,21 +540,41 @@ def _expand(g: dict, base_dir: str, sweep_name: str, dropped: list[str]) -> list
                 raise InvalidInputError(msg + ".")
             dropped.append(f"{solver.name}+{sens.name}: {msg}")
             continue
-        for s in steps:
-            if s not in usable:
-                dropped.append(f"{solver.name}+{sens.name} at rtol={s['rtol']:g}: {solver.name!r} is fixed-step only")
         combos += [(solver, sens, s) for s in usable]
 
+    count = len(problems) * len(backends) * len(combos) * len(devices) * len(dtypes) * replicates
+    if count > budget[0]:
+        raise _too_many(max_cells - budget[0] + count, max_cells)
+    budget[0] -= count
+    return {"problems": problems, "backends": backends, "combos": combos, "devices": devices, "dtypes": dtypes,
+            "replicates": replicates, "repeats": repeats, "timeout": float(timeout), "threads": threads,
+            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags}
+
+
+def _build(plan: dict) -> list[Cell]:
+    """The cells of a :func:`_plan`: each problem built once (validating its overrides now, not in a worker an hour
+    later), then the product."""
+    built = []
+    for spec in plan["problems"]:
+        try:
+            p = build_problem(spec)
+        except InvalidInputError as e:
+            what = spec.get("name") or spec.get("file")
+            raise InvalidInputError(f"problem {what!r} with overrides {spec['overrides']}: {e}") from None
+        built.append((spec, p, p.fingerprint()))  # once per problem, not once per cell
+
+    combos = [(solver.name, dataclasses.asdict(solver), sens.name, dataclasses.asdict(sens), step)
+              for solver, sens, step in plan["combos"]]
     cells = []
-    for (spec, p), backend, (solver, sens, step), device, dtype, rep in itertools.product(
-            built, backends, combos, devices, dtypes, range(replicates)):
+    for (spec, p, fingerprint), backend, (s_name, s_opts, g_name, g_opts, step), device, dtype, rep in \
+            itertools.product(built, plan["backends"], combos, plan["devices"], plan["dtypes"],
+                              range(plan["replicates"])):
         cells.append(Cell(
-            problem=spec, problem_name=p.name, problem_fingerprint=p.fingerprint(), t1=float(p.t1),
-            backend=backend,
-            solver={"name": solver.name, "options": dataclasses.asdict(solver)},
-            sensitivity={"name": sens.name, "options": dataclasses.asdict(sens)},
-            step=step, device=device, dtype=dtype, replicate=rep, repeats=repeats, timeout=float(timeout),
-            threads=threads, with_reference=with_reference, save_gradients=save_gradients, tags=dict(tags),
+            problem=spec, problem_name=p.name, problem_fingerprint=fingerprint, t1=float(p.t1), backend=backend,
+            solver={"name": s_name, "options": dict(s_opts)}, sensitivity={"name": g_name, "options": dict(g_opts)},
+            step=step, device=device, dtype=dtype, replicate=rep, repeats=plan["repeats"], timeout=plan["timeout"],
+            threads=plan["threads"], with_reference=plan["with_reference"], save_gradients=plan["save_gradients"],
+            tags=dict(plan["tags"]),
         ))
     return cells
 

@@ -23,7 +23,8 @@ import os
 import platform
 from collections.abc import Sequence
 
-from ._store import read_records
+from .._errors import InvalidInputError
+from ._store import latest_by_cell, read_records
 
 __all__ = ["records_frame", "load_records", "write_report"]
 
@@ -34,7 +35,8 @@ STATUS_SHORT = {"max_steps": "max steps", "step_size_too_small": "dt→0", "dive
                 "timeout": "timeout", "unsupported": "unsupp.", "unavailable": "unavail.",
                 "inaccurate": "inaccurate"}
 HAS_NUMBERS = ("ok", "inaccurate")
-"""Statuses whose records carry measurements (``inaccurate``: finished, gradient off by more than 100%)."""
+"""Statuses whose records carry measurements (``inaccurate``: finished, gradient error above what the step control
+promises, :func:`crossode.error_limit`)."""
 ERR_FLOOR = 1e-17
 ERR_CEIL = 10.0
 """Errors above this (1000 %, up to inf) are drawn at it with an up-triangle and their value, so that one exploded
@@ -95,12 +97,16 @@ def records_frame(records: Sequence[dict]):
 
 
 def load_records(path):
-    """Read one JSONL results file (or a list of them) into :func:`records_frame`'s DataFrame."""
+    """Read one JSONL results file (or a list of them) into :func:`records_frame`'s DataFrame.
+
+    A cell with several records (run again with ``--retry-failed``) keeps its latest; lines that are not records
+    are skipped with a warning naming the line.
+    """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     records = []
     for p in paths:
         records += read_records(p)
-    return records_frame(records)
+    return records_frame(latest_by_cell(records))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -538,6 +544,18 @@ def _footer(df) -> list[tuple[str, str]]:
     return rows
 
 
+def _reference_note(df) -> str:
+    """Each reference method with the problems it served (records may mix closed form and DOP853/Radau)."""
+    if "reference" not in df or not df["reference"].notna().any():
+        return ""
+    parts = []
+    for method, g in df[df["reference"].notna()].groupby("reference", sort=True):
+        probs = sorted(set(g["problem"]))
+        shown = ", ".join(probs[:6]) + (f" and {len(probs) - 6} more" if len(probs) > 6 else "")
+        parts.append(f"{method} for {shown}")
+    return " (" + "; ".join(parts) + ")"
+
+
 def write_report(paths, out_dir=None, title: str | None = None) -> str:
     """Write ``tables/``, ``figures/``, ``report.md`` and ``report.html`` for results file(s); returns report.md.
 
@@ -547,10 +565,17 @@ def write_report(paths, out_dir=None, title: str | None = None) -> str:
     paths = [os.fspath(p) for p in paths]
     if out_dir is None:
         out_dir = os.path.splitext(paths[0])[0] + "_report"
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InvalidInputError(f"report directory {out_dir!r} exists and is not a directory; give a directory "
+                                "(created if missing) with --out.")
     tables_dir = os.path.join(out_dir, "tables")
     fig_dir = os.path.join(out_dir, "figures")
-    os.makedirs(tables_dir, exist_ok=True)
-    os.makedirs(fig_dir, exist_ok=True)
+    try:
+        os.makedirs(tables_dir, exist_ok=True)
+        os.makedirs(fig_dir, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"report directory {out_dir!r} cannot be created ({e.strerror or e}).") from None
     df = load_records(paths)
     sweeps = sorted({s for s in df["sweep"].dropna()}) if not df.empty else []
     title = title or ("crossode report: " + (", ".join(sweeps) if sweeps else os.path.basename(paths[0])))
@@ -563,7 +588,7 @@ def write_report(paths, out_dir=None, title: str | None = None) -> str:
     blocks.append(("p", f"{len(df)} records from {', '.join(os.path.basename(p) for p in paths)}: "
                         + ", ".join(f"{k} {v}" for k, v in counts.items()) + ". Errors are relative L2 errors of "
                         "the gradient (parameters and y0) against the independent reference"
-                        + (f" ({_mode(df['reference'].dropna())})" if df["reference"].notna().any() else "")
+                        + _reference_note(df)
                         + "; times are medians after a warm-up call; peak memory is measured on the first call in "
                           "a fresh process."))
 

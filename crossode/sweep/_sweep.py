@@ -7,14 +7,17 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from .._errors import InvalidInputError
-from .._record import Record
+from .._record import Record, one_line
 from .._registry import unavailable_reason
 from ._config import Cell
 from ._executor import Executor, LocalExecutor
-from ._store import ResultStore
+from ._store import ResultStore, StoreWriteError, latest_by_cell
+
+RETRY_DEFAULT = ("crashed", "timeout")
+"""Statuses ``--retry-failed`` re-runs when no statuses are given."""
 
 __all__ = ["run_sweep", "machine_info", "git_commit", "print_summary"]
 
@@ -71,42 +74,68 @@ def _unavailable(cell: Cell) -> Record | None:
     return cell.blank_record("unavailable", f"The {cell.backend!r} backend is unavailable: {reason}.")
 
 
+class _WriteFailed(Exception):
+    pass
+
+
+def _one_line_message(rec: Record) -> None:
+    """A record's ``message`` as one line; what did not fit (a worker's stderr tail, a traceback) to ``details``."""
+    if rec.message and "\n" in rec.message:
+        rec.details = "\n".join(x for x in (rec.message.strip(), rec.details) if x)
+        rec.message = one_line(rec.message)
+
+
 def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = False,
-              executor: Executor | None = None, jobs: int = 1, timeout: float | None = None,
-              progress: bool = True, summary: bool = True, console=None) -> list[Record]:
+              retry: Collection[str] = (), executor: Executor | None = None, jobs: int = 1,
+              timeout: float | None = None, progress: bool = True, summary: bool = True, console=None,
+              details: bool = False) -> list[Record]:
     """Run ``cells``, appending each record to ``out`` (JSONL) as soon as it finishes.
 
     **Arguments:**
     - ``resume``: skip cells that already have a record in ``out``; without it, an ``out`` that already holds
       records of these cells is an error (nothing is overwritten or duplicated).
+    - ``retry``: statuses to run again (implies ``resume``): a cell whose latest record has one of them runs again
+      and its new record is appended (the old one stays in the file; readers use the latest per cell).
     - ``executor``: how cells run (default :class:`LocalExecutor` with ``jobs``).
     - ``timeout``: per-cell limit in seconds, overriding the cells' own.
     - ``progress`` / ``summary``: show a progress bar (ETA, current cell) / print a summary table at the end.
+    - ``details``: also print the full ``details`` (traceback, stderr tail) of each failed cell.
 
-    **Returns:** the records of every cell of the sweep now in ``out`` (earlier runs included), in cell order.
+    Messages are stored as one line (the rest in the record's ``details``).
 
-    **Raises:** :class:`InvalidInputError` (finished cells without ``resume``),
-    :class:`~crossode.sweep.StoreLockedError` (another sweep writes ``out``).
+    **Returns:** the records of every cell of the sweep now in ``out`` (earlier runs included; the latest record of
+    a retried cell), in cell order.
+
+    **Raises:** :class:`InvalidInputError` (finished cells without ``resume``; ``out`` not usable),
+    :class:`~crossode.sweep.StoreLockedError` (another sweep writes ``out``), :class:`StoreWriteError` (a record
+    could not be written, e.g. disk full: the sweep stops; the error's ``records`` are the unsaved records, also in
+    the summary).
     """
     from rich.console import Console
 
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     executor = executor or LocalExecutor(jobs=jobs)
     extra = {"git_commit": git_commit(), "machine": machine_info()}
+    retry = set(retry)
+    unsaved: list[Record] = []
+    failure: list[StoreWriteError] = []
     with ResultStore(out) as store:
-        finished = store.finished()
-        done = [c for c in cells if c.key in finished]
-        if done and not resume:
+        statuses = store.statuses()
+        recorded = [c for c in cells if c.key in statuses]
+        if recorded and not (resume or retry):
             raise InvalidInputError(
-                f"{os.fspath(out)!r} already has records for {len(done)} of the {len(cells)} cells of this sweep; "
-                "pass --resume to skip them, or write to another file with --out."
+                f"{os.fspath(out)!r} already has records for {len(recorded)} of the {len(cells)} cells of this "
+                "sweep; pass --resume to skip them, or write to another file with --out."
             )
-        todo = [c for c in cells if c.key not in finished]
+        again = [c for c in recorded if statuses[c.key] in retry]
+        done = [c for c in recorded if statuses[c.key] not in retry]
+        todo = [c for c in cells if c.key not in statuses or statuses[c.key] in retry]
         if timeout is not None:
             todo = [dataclasses.replace(c, timeout=float(timeout)) for c in todo]
         if progress and (done or todo):
             console.print(f"[bold]{len(cells)} cells[/bold]: {len(done)} already in {os.fspath(out)}, "
-                          f"{len(todo)} to run (jobs={executor.jobs}).")
+                          + (f"{len(again)} to retry ({', '.join(sorted(retry))}), " if retry else "")
+                          + f"{len(todo)} to run (jobs={executor.jobs}).")
         quick, slow = [], []
         for c in todo:
             (quick if unavailable_reason(c.backend) is not None else slow).append(c)
@@ -115,9 +144,15 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
 
         def record(cell, rec, bar=None):
             rec.tags.update(extra)
-            store.append(rec)
+            _one_line_message(rec)
+            try:
+                store.append(rec)
+            except StoreWriteError as e:
+                unsaved.append(rec)
+                failure.append(e)
+                raise _WriteFailed() from None
             count[0] += 1
-            first = rec.message.splitlines()[0][:160] if rec.message else ""
+            first = rec.message[:160]
             if progress and not console.is_terminal:  # logs and CI: one line per cell instead of a live bar
                 wall = rec.tags.get("worker_wall_s")
                 console.print(f"[{count[0]}/{len(cells)}] {cell.label}: {rec.status}"
@@ -125,19 +160,28 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
                               markup=False, highlight=False)
             elif bar is not None and not rec.ok and rec.status not in ("unsupported", "unavailable"):
                 bar.console.print(f"[red]{rec.status}[/red] {cell.label}: {first}")
+            if details and not rec.ok and rec.details:
+                console.print(rec.details, markup=False, highlight=False)
 
-        for c in quick:  # no process needed to know a backend is missing
-            record(c, _unavailable(c))
-        if slow:
-            _run_with_progress(slow, executor, record, console, progress)
-        by_key = {}
-        for r in store.records():
-            key = (r.get("tags") or {}).get("cell")
-            if key is not None:
-                by_key.setdefault(key, r)
+        try:
+            for c in quick:  # no process needed to know a backend is missing
+                record(c, _unavailable(c))
+            if slow:
+                _run_with_progress(slow, executor, record, console, progress)
+        except _WriteFailed:
+            pass  # the executor stopped its workers; the unsaved record is reported below
+        by_key = {(r.get("tags") or {}).get("cell"): r for r in latest_by_cell(store.records())}
     records = [Record.from_dict(by_key[c.key]) for c in cells if c.key in by_key]
+    records += unsaved
     if summary:
         print_summary(records)
+    if failure:
+        err = StoreWriteError(
+            f"{failure[0]}. The record of {unsaved[0].tags.get('label', 'a cell')} was NOT saved (it is in the table "
+            "above); the sweep stopped. Free space, then run the same command with --resume."
+        )
+        err.records = unsaved
+        raise err
     return records
 
 

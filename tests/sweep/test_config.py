@@ -138,3 +138,84 @@ def test_cli_config_rejects_one_cell_flags(write_config):
     path = write_config('problems = ["exponential_decay"]\n')
     assert main(["compare", "--config", str(path), "--problem", "linear"]) == 2
     assert main(["compare", "--resume"]) == 2
+
+
+def test_rtol_and_dt_in_one_table_is_an_error():
+    """The sweep silently dropped rtol for fixed-step solvers when both were given (issue 15); the CLI refuses too."""
+    with pytest.raises(InvalidInputError, match="not both in one table"):
+        config_from_dict({"problems": ["exponential_decay"], "solvers": ["rk4", "dopri5"], "rtol": [1e-3],
+                          "dt": [0.1]})
+
+
+def test_a_grid_step_kind_replaces_the_top_level_one():
+    cfg = config_from_dict({"problems": ["exponential_decay"], "rtol": [1e-3], "atol": [1e-5], "grid": [
+        {"methods": [["rk4", "direct"]], "dt": [0.1]},
+        {"methods": [["dopri5", "direct"]]},
+        {"methods": [["dopri5", "direct"]], "rtol": [1e-6]},
+    ]})
+    assert [c.step["kind"] for c in cfg.cells] == ["fixed", "adaptive", "adaptive"]
+    assert [c.step.get("rtol") for c in cfg.cells] == [None, 1e-3, 1e-6]
+    assert cfg.cells[2].step["atol"] == 1e-5  # same-kind keys still merge
+
+
+@pytest.mark.parametrize("data", [
+    {"replicates": 100_000_000},
+    {"problems": [{"name": "exponential_decay", "scan": {"t1": list(range(1, 2001)), "k": list(range(1, 20001))}}]},
+    {"solvers": ["dopri5"] * 1000, "sensitivities": ["direct"] * 1000},
+    {"grid": [{"replicates": 60_000}, {"replicates": 60_000, "rtol": [1e-3]}]},
+])
+def test_cell_count_is_capped_before_expansion(data):
+    """replicates = 1e8 or a 40M-cell product grew the sweep process to GBs (issue 15): refused in well under a
+    second from the list lengths, with the way to raise the limit."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError, match="more than 100,000 cells.*max_cells"):
+        config_from_dict({"problems": ["exponential_decay"], **data})
+    assert time.perf_counter() - start < 2.0
+
+
+def test_cell_cap_is_overridable():
+    data = {"problems": ["exponential_decay"], "replicates": 30}
+    with pytest.raises(InvalidInputError, match="more than 20 cells"):
+        config_from_dict({**data, "max_cells": 20})
+    assert len(config_from_dict({**data, "max_cells": 20}, max_cells=30).cells) == 30  # --max-cells wins
+    assert len(config_from_dict(data, max_cells=30).cells) == 30
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"width": 1_000_000_000}, "parameters; at most"),
+    ({"depth": 3000}, "at most 99"),
+    ({"n": 3000}, "Jacobian entries"),
+    ({"n_save": 10**9}, "n_save"),
+])
+def test_oversized_overrides_are_refused_before_building(overrides, match):
+    import time
+
+    name = {"n": "linear", "n_save": "cubic_spiral"}.get(next(iter(overrides)), "mlp")
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError, match=match):
+        config_from_dict({"problems": [{"name": name, "overrides": overrides}]})
+    assert time.perf_counter() - start < 2.0
+
+
+def test_duplicate_entries_run_once():
+    """Repeated list entries and overlapping grids give each cell once (deduplicated by key, file order kept)."""
+    cfg = config_from_dict({"problems": ["exponential_decay", "exponential_decay"], "rtol": [1e-3, 1e-3, 1e-4],
+                            "grid": [{}, {"rtol": [1e-4]}]})
+    assert [c.step["rtol"] for c in cfg.cells] == [1e-3, 1e-4]
+
+
+def test_config_from_dev_zero_and_fifo_exit_2_fast(tmp_path):
+    """--config /dev/zero grew to 7 GB in 15 s and a FIFO blocked forever (issue 15)."""
+    import os
+    import time
+
+    fifo = tmp_path / "sweep.toml"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "crossode", "compare", "--config", path],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and "not a regular file" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and time.perf_counter() - start < 10.0

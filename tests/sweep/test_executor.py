@@ -135,3 +135,18 @@ def test_inline_executor_and_run_sweep(tmp_path):
     assert [r.tags["cell"] for r in recs] == [c.key for c in cfg.cells]
     assert all(r.ok for r in recs)
     assert all("machine" in r.tags and "git_commit" in r.tags for r in recs)
+
+
+def test_sweep_stores_crash_messages_as_one_line_with_details(tmp_path):
+    """A crashed worker's message carried its whole stderr tail (a screen of traceback in tables and logs, issue
+    15): the stored message is one line, the tail is in `details`."""
+    body = ("sys.stderr.write('Traceback (most recent call last):\\n  File x\\nRuntimeError: deep failure\\n'); "
+            "sys.stderr.flush(); os.kill(os.getpid(), signal.SIGSEGV)\n")
+    cell = one_cell()
+    [rec] = run_sweep([cell], tmp_path / "r.jsonl", executor=LocalExecutor(worker=fake_worker(tmp_path, body)),
+                      progress=False, summary=False)
+    assert rec.status == "crashed" and "\n" not in rec.message
+    assert "SIGSEGV" in rec.message and "RuntimeError: deep failure" in rec.message
+    assert "Traceback (most recent call last)" in rec.details
+    stored = json.loads((tmp_path / "r.jsonl").read_text())
+    assert stored["message"] == rec.message and "File x" in stored["details"]

@@ -90,3 +90,43 @@ def test_import_sweep_is_light():
             "print([m for m in ('pandas', 'matplotlib', 'torch', 'jax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_report_cli_one_line_errors(results, tmp_path):
+    """`crossode report DIR` said "does not exist"; `--out` on an existing file gave a traceback (issue 15)."""
+    def report(*args):
+        return subprocess.run([sys.executable, "-m", "crossode", "report", *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+
+    d = report(tmp_path)
+    assert d.returncode == 2 and "is a directory" in d.stderr and len(d.stderr.strip().splitlines()) == 1
+    existing = tmp_path / "existing.txt"
+    existing.write_text("keep me")
+    f = report(results, "--out", existing)
+    assert f.returncode == 2 and "not a directory" in f.stderr and "Traceback" not in f.stderr
+    assert len(f.stderr.strip().splitlines()) == 1 and existing.read_text() == "keep me"
+
+
+def test_report_on_non_utf8_and_garbage_lines_warns_with_line_numbers(results, tmp_path):
+    """A non-UTF8 JSONL gave a UnicodeDecodeError traceback; garbage lines were skipped silently (issue 15)."""
+    lines = results.read_bytes().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join(lines[:3]) + b"caf\xe9 \xff\n" + b"{not json\n" + b"".join(lines[3:]))
+    out = subprocess.run([sys.executable, "-m", "crossode", "report", str(bad), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "bad.jsonl:4: not UTF-8 text" in out.stderr and "bad.jsonl:5: not a JSON record" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(pd.read_csv(tmp_path / "r" / "tables" / "records.csv")) == len(lines)
+
+
+def test_report_header_names_each_reference_method(tmp_path):
+    """Records mixing the closed form and DOP853 named only the most common one (issue 15)."""
+    a = make("torch", "dopri5", "direct", rtol=1e-6, err=1e-7, time_s=0.01)
+    b = make("torch", "dopri5", "backsolve", rtol=1e-6, err=1e-7, time_s=0.01)
+    b.update(problem="lotka_volterra", reference="sensitivity(DOP853, rtol=1e-12)")
+    b["tags"]["cell"] = "other"
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps(a) + "\n" + json.dumps(b) + "\n")
+    text = open(write_report(path, tmp_path / "rep")).read()
+    assert "closed_form for linear" in text and "sensitivity(DOP853, rtol=1e-12) for lotka_volterra" in text

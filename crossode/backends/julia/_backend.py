@@ -14,28 +14,32 @@ support tables do not depend on import history. Run Julia cells in their own pro
 call :func:`load_julia` before importing torch. JAX/jaxlib also bundle LLVM:
 importing juliacall first is the safe order there too. Call Julia from the main thread only.
 
-Mapping (see ``julia/README.md``):
+Mapping (see ``julia/README.md``; the solve keywords of each case are listed in :mod:`._marshal`):
 
 =====================  =====================================================================================
 crossode               Julia
 =====================  =====================================================================================
 Euler ... Dopri8       ``Euler, Midpoint, Heun, RK4, BS3, DP5`` (OrdinaryDiffEqLowOrderRK), ``Tsit5``
-                       (OrdinaryDiffEqTsit5), ``DP8`` (OrdinaryDiffEqHighOrderRK)
-ImplicitEuler,         ``ImplicitEuler, Kvaerno5`` (OrdinaryDiffEqSDIRK; ForwardDiff Jacobians)
-Kvaerno5
+                       (OrdinaryDiffEqTsit5), ``DP8`` (OrdinaryDiffEqHighOrderRK: Hairer's DOP853, not the
+                       RK8(7)13M tableau of the PyTorch/JAX ``Dopri8``)
+ImplicitEuler,         ``ImplicitEuler, Kvaerno5`` (OrdinaryDiffEqSDIRK; ForwardDiff Jacobians, finite-difference
+Kvaerno5               Jacobians with ``Direct``)
 ALF, MALI              unsupported
-Adaptive               ``abstol, reltol, maxiters = max_steps``, ``dt = dt0`` when given (else OrdinaryDiffEq's
-                       own initial step); saves at ``saveat`` (interpolated, as Diffrax)
-Fixed                  ``dt, adaptive = false, tstops = fixed_grid(...)``
-Direct                 ``ReverseDiffAdjoint()`` (CPU only)
-Checkpointed()         ``InterpolatingAdjoint(autojacvec = vjp, checkpointing = true)`` (checkpoints = saves)
+Adaptive               ``abstol, reltol, maxiters = max_steps``, first step ``dt0`` (else crossode's Hairer
+                       estimate) for the forward solve only; ``tstops = saveat`` and ``CrossODE.CrossODEController``,
+                       the PyTorch/JAX I-controller, so steps end exactly on every save time as in those backends
+Fixed                  ``dt, adaptive = false, tstops = fixed_grid(...)``; implicit solvers: Newton tolerance 1e-10
+Direct                 ``ReverseDiffAdjoint()`` (CPU only): discretise-then-optimise
+Checkpointed           unsupported (SciMLSensitivity has no checkpointed discrete adjoint)
 Backsolve              ``BacksolveAdjoint(autojacvec = vjp, checkpointing = false)`` (pure backsolve)
-InterpolatingAdjoint   ``InterpolatingAdjoint(autojacvec = vjp, checkpointing = ...)``
+InterpolatingAdjoint   ``InterpolatingAdjoint(autojacvec = vjp, checkpointing = ...)`` (``checkpointing=True``: not
+                       with ``Fixed``)
 QuadratureAdjoint      ``QuadratureAdjoint(autojacvec = vjp, abstol = atol, reltol = rtol)``
 GaussAdjoint           ``GaussAdjoint(autojacvec = vjp)``
-Forward                ``ForwardDiffSensitivity()``
-vjp                    ``auto`` -> ``nothing`` (SciMLSensitivity chooses), ``zygote`` -> ``ZygoteVJP()``,
-                       ``reversediff`` -> ``ReverseDiffVJP(true)``, ``enzyme`` -> ``EnzymeVJP()``
+Forward                ``ForwardDiffSensitivity()`` with a primal-value ``internalnorm``: discretise-then-optimise
+vjp                    ``auto`` -> resolved once in ``CrossODE.build`` as SciMLSensitivity would (``Prepared.info
+                       ["julia_vjp"]`` says which), ``zygote`` -> ``ZygoteVJP()``, ``reversediff`` ->
+                       ``ReverseDiffVJP(true)``, ``enzyme`` -> ``EnzymeVJP()``
 =====================  =====================================================================================
 
 GPU: ``device="cuda"`` puts ``u0``/``p`` on the GPU as ``CUDA.CuArray`` (CUDA.jl must be added to the juliacall
@@ -122,9 +126,11 @@ def _as_mapping(res, fields) -> dict[str, Any]:
 
 
 class JuliaPrepared(Prepared):
-    """One built ``CrossODE.Cell``. Attributes: ``call`` (the marshalled arguments), ``info`` (what runs in Julia),
-    ``build_s`` (code generation + ``build`` seconds), ``first_gradient_s``/``first_solve_s`` (first calls,
-    including Julia compilation), ``last_julia`` (Julia-side timings and counts of the last call)."""
+    """One built ``CrossODE.Cell``. Attributes: ``call`` (the marshalled arguments), ``info`` (what runs in Julia,
+    including the resolved VJP and the solve keywords Julia passes), ``vjp`` (the VJP that runs), ``build_s``
+    (code generation + ``build`` seconds, including resolving ``vjp='auto'``), ``first_gradient_s``/
+    ``first_solve_s`` (first calls, including Julia compilation), ``last_julia`` (Julia-side timings and counts of
+    the last call)."""
 
     def __init__(self, module, call: _marshal.JuliaCall):
         self._module = module
@@ -136,6 +142,11 @@ class JuliaPrepared(Prepared):
         t = time.perf_counter()
         self._cell = self._invoke(module.build, "build", **call.build_kwargs())
         self.build_s = time.perf_counter() - t
+        cell = _as_mapping(module.cell_info(self._cell), _marshal.CELL_INFO_FIELDS)
+        self.vjp = str(cell["vjp"])  # the VJP that runs ("auto" resolved by CrossODE.build)
+        self.info.update(julia_vjp=self.vjp, julia_sensealg_resolved=str(cell["sensealg"]),
+                         julia_solve_keywords=str(cell["solve_keywords"]),
+                         julia_problem_keywords=str(cell["problem_keywords"]))
 
     @staticmethod
     def _invoke(fn, what: str, *args, **kwargs):
@@ -156,7 +167,7 @@ class JuliaPrepared(Prepared):
         if self.first_gradient_s is None:
             self.first_gradient_s = time.perf_counter() - t
         self.last_julia = {k: res[k] for k in ("time_forward_s", "time_total_s", "calls_forward", "calls_backward")}
-        return _marshal.gradient_output(res, self.call)
+        return _marshal.gradient_output(res, self.call, vjp=self.vjp)
 
     def solve(self) -> SolveOutput:
         t = time.perf_counter()

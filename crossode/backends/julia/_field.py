@@ -3,24 +3,40 @@
 The generated source is ONE Julia expression, a ``let`` block that evaluates to a ``NamedTuple``
 ``(oop = rhs_oop, iip = rhs_iip!)`` with both forms of the same field::
 
-    rhs_oop(u, p, t)        -> new vector        (out-of-place: Zygote VJPs, GPU arrays)
+    rhs_oop(u, p, t)        -> new vector        (out-of-place: Zygote VJPs, ReverseDiffAdjoint, GPU arrays)
     rhs_iip!(du, u, p, t)   -> writes du; nothing (in-place: ReverseDiff/Enzyme VJPs, no allocation)
 
-``CrossODE.build`` evaluates it with ``include_string`` in a fresh anonymous module (see ``julia/src/CrossODE.jl``).
+``CrossODE.load_rhs`` evaluates it with ``include_string`` in a fresh anonymous module in which the name
+``NaNMath`` is bound to the NaNMath.jl module (see ``julia/src/CrossODE.jl``). :func:`_let_block` assembles the
+block; each field kind only produces the lines of the two function bodies, so new kinds plug in beside
+:func:`symbolic_source` and :func:`mlp_source`.
 
 Symbolic fields (:class:`~crossode.SymbolicRHS`): every state symbol is replaced by ``u[i]`` and every parameter by
 ``p[j]`` (1-based, in the neutral order) *before* printing, so user names never reach Julia (no clash with Julia
-keywords or Base names). Printing uses SymPy's Julia printer with scalar operators (``*``, ``/``, ``^`` instead of
-the broadcasting ``.*``, ``./``, ``.^``: every expression is a scalar), rationals and floats as float literals
-(``Float32(...)`` literals for ``dtype="float32"`` so nothing promotes to Float64), ``pi`` and
-``Base.MathConstants.e`` for the constants. A constant component ``c`` is written ``zero(u[1]) + c`` in the
-out-of-place vector so its element type follows ``u`` (Dual numbers, tracked reals).
+keywords or Base names). Printing uses SymPy's Julia printer with three changes:
+
+- **scalar operators** (``*``, ``/``, ``^`` instead of the broadcasting ``.*``, ``./``, ``.^``: every expression is
+  a scalar);
+- **constants in the field's precision**: every numeric subexpression that is not an integer (``pi``, ``E``,
+  ``sqrt(2)``, ``2*pi``, rationals, floats) is folded to ONE float literal, written ``Float32(...)`` for
+  ``dtype="float32"``, so nothing promotes a Float32 state to Float64 (``sqrt(2)`` or ``2*pi`` in Julia are
+  Float64); integer literals stay integers (``2 * u[1]``, ``u[1] ^ 3``, ``x / 3`` keep the type of ``u``);
+- **NaN instead of DomainError**: Julia's ``sqrt``, ``log``, ``sin`` (at ``Inf``), ``asin``... throw
+  ``DomainError`` outside their domain and ``x ^ 1.5`` throws for ``x < 0``, where PyTorch and JAX return NaN and
+  the step controller rejects the step. Those calls are written ``NaNMath.sqrt``, ``NaNMath.log``, ...,
+  ``NaNMath.pow(x, y)`` for every power whose exponent is not an integer (NaNMath.jl, as Symbolics.jl's
+  ``build_function(...; nanmath = true)``; ForwardDiff and ReverseDiff differentiate it through DiffRules, Zygote
+  through ChainRules' NaNMath rules). Integer powers keep ``^``.
+
+A constant component ``c`` is written ``zero(u[1]) + c`` in the out-of-place vector so its element type follows
+``u`` (Dual numbers, tracked reals).
 
 Neural fields (:class:`~crossode.MLPRHS`): the flat layout is, per layer, ``W`` of shape ``(out, in)`` flattened
-row-major, then ``b``. Julia's ``reshape`` is column-major, so ``W = permutedims(reshape(p[a:b], in, out))``:
-``reshape`` puts the row-major element ``W[i, j]`` (0-based offset ``i*in + j``) at ``R[j+1, i+1]``, and
-``permutedims`` transposes it back to ``(out, in)``. ``p[a:b]`` (a copy) rather than ``view`` keeps ReverseDiff and
-GPU arrays happy. The activation is broadcast on hidden layers only, matching :mod:`crossode._rhs`.
+row-major, then ``b``. Julia's ``reshape`` is column-major, so ``W = transpose(reshape(p[a:b], in, out))``:
+``reshape`` puts the row-major element ``W[i, j]`` (0-based offset ``i*in + j``) at ``R[j+1, i+1]``, and the lazy
+``transpose`` reads it back as ``(out, in)`` without a copy (BLAS multiplies by a transposed matrix directly;
+ReverseDiff and Zygote have rules for ``transpose``). ``p[a:b]`` (a copy) rather than ``view`` keeps ReverseDiff
+and GPU arrays happy. The activation is broadcast on hidden layers only, matching :mod:`crossode._rhs`.
 """
 
 from __future__ import annotations
@@ -28,11 +44,22 @@ from __future__ import annotations
 import numpy as np
 import sympy
 from sympy.printing.julia import JuliaCodePrinter
+from sympy.printing.precedence import precedence
 
 from ..._errors import InvalidInputError
 from ..._rhs import MLPRHS, AbstractRHS, SymbolicRHS
 
-__all__ = ["julia_source", "symbolic_source", "mlp_source", "julia_expr", "ACTIVATION_CODE", "DTYPES"]
+__all__ = [
+    "julia_source",
+    "symbolic_source",
+    "mlp_source",
+    "mlp_layout",
+    "julia_expr",
+    "fold_constants",
+    "ACTIVATION_CODE",
+    "NANMATH_FUNCTIONS",
+    "DTYPES",
+]
 
 DTYPES = ("float64", "float32")
 
@@ -45,19 +72,55 @@ ACTIVATION_CODE: dict[str, str] = {
 }
 """Julia code of each :data:`crossode._rhs.ACTIVATIONS` entry, broadcast over the vector ``{z}``."""
 
+NANMATH_FUNCTIONS: dict[str, str] = {
+    name: f"NaNMath.{name}" for name in ("sin", "cos", "tan", "asin", "acos", "acosh", "atanh", "log")
+}
+"""SymPy functions printed as their NaNMath.jl versions (Base's throw ``DomainError`` where NaNMath returns NaN:
+``sin``/``cos``/``tan`` at ``Inf``, ``asin``/``acos``/``atanh`` outside ``[-1, 1]``, ``acosh`` below 1, ``log``
+below 0; NaNMath 1.1 ``src/NaNMath.jl``). Square roots and non-integer powers are handled in ``_print_Pow``."""
+
 
 def _float_literal(value: float, dtype: str) -> str:
-    text = repr(float(value))
-    if "inf" in text or "nan" in text:
+    """A float literal of ``dtype``: the shortest decimal of the float64 value, or of the float32 rounding of it
+    wrapped in ``Float32(...)`` (what PyTorch and JAX use when a Python float meets a float32 tensor)."""
+    if not np.isfinite(value):
         raise InvalidInputError(f"non-finite constant {value!r} in a vector field")
-    return f"Float32({text})" if dtype == "float32" else text
+    if dtype == "float32":
+        single = np.float32(value)
+        if not np.isfinite(single):
+            raise InvalidInputError(f"the constant {value!r} overflows float32")
+        return f"Float32({str(single)})"  # NumPy prints the shortest decimal that round-trips in float32
+    return repr(float(value))
+
+
+def _number(expr: sympy.Expr) -> sympy.Float:
+    value = sympy.N(expr, 30)
+    if not value.is_real or not value.is_finite:
+        raise InvalidInputError(f"the constant {expr} in a vector field is not a finite real number")
+    return sympy.Float(value, 30)
+
+
+def fold_constants(expr: sympy.Expr) -> sympy.Expr:
+    """Replace every maximal numeric subexpression that is not an integer or a rational by one SymPy Float.
+
+    ``pi``, ``E``, ``sqrt(2)``, ``2*pi``, ``exp(1)``... become floats (printed in the field's precision); integers and
+    rationals are left for the printer (integers stay Julia ``Int`` literals, rationals become float literals).
+    Raises :class:`~crossode.InvalidInputError` for a constant that is not a finite real number (``sqrt(-2)``).
+    """
+    if expr.is_Integer or expr.is_Rational or expr.is_Float:
+        return expr
+    if expr.is_number:
+        return _number(expr)
+    if expr.is_Atom or not expr.args:
+        return expr
+    return expr.func(*[fold_constants(a) for a in expr.args])
 
 
 class _ScalarJuliaPrinter(JuliaCodePrinter):
-    """SymPy's Julia printer for scalar code: float literals for rationals/floats, ``Base.MathConstants.e``."""
+    """SymPy's Julia printer for scalar code in one precision: float literals, NaN-returning domain functions."""
 
     def __init__(self, dtype: str):
-        super().__init__({"inline": True})
+        super().__init__({"inline": True, "user_functions": dict(NANMATH_FUNCTIONS)})
         self._dtype = dtype
 
     def _print_Float(self, expr):
@@ -71,19 +134,32 @@ class _ScalarJuliaPrinter(JuliaCodePrinter):
     def _print_Half(self, expr):
         return _float_literal(0.5, self._dtype)
 
-    def _print_Exp1(self, expr):
+    def _print_Exp1(self, expr):  # only reached if folding was skipped; folded constants are floats
         return "Base.MathConstants.e"
 
     def _print_Pi(self, expr):
         return "pi"
+
+    def _print_Pow(self, expr):
+        base, exp = expr.base, expr.exp
+        prec = precedence(expr)
+        if exp.is_Integer:
+            if exp == -1:
+                return f"1 / {self.parenthesize(base, prec)}"
+            return f"{self.parenthesize(base, prec)} ^ {self.parenthesize(exp, prec)}"
+        if exp == sympy.Rational(1, 2):
+            return f"NaNMath.sqrt({self._print(base)})"
+        if exp == sympy.Rational(-1, 2):
+            return f"1 / NaNMath.sqrt({self._print(base)})"
+        return f"NaNMath.pow({self._print(base)}, {self._print(exp)})"
 
 
 _DOTTED = ((" .* ", " * "), (" ./ ", " / "), (" .^ ", " ^ "))
 
 
 def julia_expr(expr: sympy.Expr, dtype: str = "float64") -> str:
-    """One SymPy expression (already written in ``u[i]``, ``p[j]``, ``t``) as scalar Julia code."""
-    text = _ScalarJuliaPrinter(dtype).doprint(expr)
+    """One SymPy expression (already written in ``u[i]``, ``p[j]``, ``t``) as scalar Julia code in ``dtype``."""
+    text = _ScalarJuliaPrinter(dtype).doprint(fold_constants(sympy.sympify(expr)))
     for dotted, plain in _DOTTED:  # every operand is a scalar, so broadcasting and plain operators agree
         text = text.replace(dotted, plain)
     return text
@@ -92,6 +168,26 @@ def julia_expr(expr: sympy.Expr, dtype: str = "float64") -> str:
 def _check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
         raise InvalidInputError(f"`dtype` must be 'float64' or 'float32'; got {dtype!r}.")
+
+
+def _let_block(header: list[str], oop_body: list[str], iip_body: list[str]) -> str:
+    """The generated expression: comment header, then ``let`` defining ``rhs_oop``/``rhs_iip!`` with these bodies
+    (lines indented for the function body) and evaluating to ``(oop = rhs_oop, iip = rhs_iip!)``."""
+    lines = [
+        *[f"# {h}" for h in header],
+        "let",
+        "    function rhs_oop(u, p, t)",
+        *oop_body,
+        "    end",
+        "    function rhs_iip!(du, u, p, t)",
+        *iip_body,
+        "        return nothing",
+        "    end",
+        "    (oop = rhs_oop, iip = rhs_iip!)",
+        "end",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def symbolic_source(rhs: SymbolicRHS, dtype: str = "float64") -> str:
@@ -105,25 +201,14 @@ def symbolic_source(rhs: SymbolicRHS, dtype: str = "float64") -> str:
     oop_items = [f"zero(u[1]) + {c}" if e.is_number else c for e, c in zip(exprs, code)]
     states = ", ".join(f"u[{i}] = {s}" for i, s in enumerate(rhs.states, start=1))
     params = ", ".join(f"p[{j}] = {s}" for j, s in enumerate(rhs.params, start=1)) or "none"
-    lines = [
-        f"# crossode generated vector field: symbolic, {rhs.n_states} states, {len(rhs.params)} parameters, {dtype}",
-        f"# states: {states}",
-        f"# parameters: {params}",
-        "let",
-        "    function rhs_oop(u, p, t)",
-        "        return [",
-        *[f"            {c}," for c in oop_items],
-        "        ]",
-        "    end",
-        "    function rhs_iip!(du, u, p, t)",
-        *[f"        du[{i}] = {c}" for i, c in enumerate(code, start=1)],
-        "        return nothing",
-        "    end",
-        "    (oop = rhs_oop, iip = rhs_iip!)",
-        "end",
-        "",
+    header = [
+        f"crossode generated vector field: symbolic, {rhs.n_states} states, {len(rhs.params)} parameters, {dtype}",
+        f"states: {states}",
+        f"parameters: {params}",
     ]
-    return "\n".join(lines)
+    oop = ["        return [", *[f"            {c}," for c in oop_items], "        ]"]
+    iip = [f"        du[{i}] = {c}" for i, c in enumerate(code, start=1)]
+    return _let_block(header, oop, iip)
 
 
 def mlp_layout(rhs: MLPRHS) -> list[tuple[tuple[int, int], tuple[int, int], int, int]]:
@@ -145,7 +230,7 @@ def mlp_source(rhs: MLPRHS, dtype: str = "float64") -> str:
     layout = mlp_layout(rhs)
     body, h = [], "u"
     for layer, ((w0, w1), (b0, b1), out, inp) in enumerate(layout, start=1):
-        body.append(f"        W{layer} = permutedims(reshape(p[{w0}:{w1}], {inp}, {out}))  # ({out}, {inp}) row-major")
+        body.append(f"        W{layer} = transpose(reshape(p[{w0}:{w1}], {inp}, {out}))  # ({out}, {inp}) row-major")
         body.append(f"        b{layer} = p[{b0}:{b1}]")
         if layer < len(layout):
             body.append(f"        z{layer} = W{layer} * {h} .+ b{layer}")
@@ -153,23 +238,12 @@ def mlp_source(rhs: MLPRHS, dtype: str = "float64") -> str:
             h = f"h{layer}"
         else:
             body.append(f"        return W{layer} * {h} .+ b{layer}")
-    lines = [
-        f"# crossode generated vector field: MLP {'-'.join(map(str, rhs.widths))} {rhs.activation}, "
+    header = [
+        f"crossode generated vector field: MLP {'-'.join(map(str, rhs.widths))} {rhs.activation}, "
         f"{rhs.n_params} parameters, {dtype}",
-        "# flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence permutedims",
-        "let",
-        "    function rhs_oop(u, p, t)",
-        *body,
-        "    end",
-        "    function rhs_iip!(du, u, p, t)",
-        "        du .= rhs_oop(u, p, t)",
-        "        return nothing",
-        "    end",
-        "    (oop = rhs_oop, iip = rhs_iip!)",
-        "end",
-        "",
+        "flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose",
     ]
-    return "\n".join(lines)
+    return _let_block(header, body, ["        du .= rhs_oop(u, p, t)"])
 
 
 def julia_source(rhs: AbstractRHS, dtype: str = "float64") -> str:
@@ -189,5 +263,5 @@ def numpy_mlp_from_layout(rhs: MLPRHS, p: np.ndarray) -> list[tuple[np.ndarray, 
     out = []
     for (w0, w1), (b0, b1), o, i in mlp_layout(rhs):
         r = np.reshape(np.asarray(p)[w0 - 1 : w1], (i, o), order="F")  # Julia reshape(p[w0:w1], in, out)
-        out.append((r.T.copy(), np.asarray(p)[b0 - 1 : b1].copy()))  # permutedims
+        out.append((r.T.copy(), np.asarray(p)[b0 - 1 : b1].copy()))  # transpose
     return out

@@ -3,8 +3,33 @@
 Nothing here imports juliacall: the tests check every rule without Julia.
 
 Python -> Julia (:func:`build_call`): a :class:`JuliaCall` holding exactly the keyword arguments of
-``CrossODE.build`` (``julia/src/CrossODE.jl``): generated source, in-place or not, ``u0``/``p``, time span, save
-times, algorithm name, sensealg name + VJP + checkpointing, tolerances or the fixed grid, loss kind and weights.
+``CrossODE.build`` (``julia/src/CrossODE.jl``). Every decision about what a cell means is taken here, in Python,
+and each ``solve`` keyword comes from one ``build`` keyword (:meth:`JuliaCall.solve_keywords` mirrors
+``CrossODE._solve_kwargs``), so the keyword set of every combination is checked without Julia:
+
+=========================  ===========================================================================================
+what                       keywords
+=========================  ===========================================================================================
+every solve                ``saveat``; ``save_start = (saveat[0] == t0)``, ``save_end = (saveat[-1] == t1)``
+                           (SciMLSensitivity's adjoints default both to ``true``, ``src/concrete_solve.jl``);
+                           ``maxiters = max_steps``; ``adaptive``
+``Adaptive``               ``abstol = atol``, ``reltol = rtol``; ``tstops = saveat`` (steps end exactly on every save
+                           time, as in PyTorch and JAX); ``controller = CrossODEController()`` (the PyTorch/JAX
+                           I-controller: factors in ``[1, 10]`` after acceptance, ``[0.2, 0.9]`` after rejection);
+                           ``isoutofdomain = nonfinite_state`` (a non-finite state is a rejected step, factor 0.2);
+                           ``dtmin = 10 * spacing(max(|t0|, |t1|))`` (PyTorch's ``step_size_too_small``); ``dtmax =
+                           Inf`` (no cap on proposals); first step ``dt0`` (the given one, else crossode's unclipped
+                           Hairer estimate, as JAX) as a *problem* keyword: the forward solve uses it, the backward
+                           adjoint solve picks its own
+``Fixed(dt)``              ``dt`` (largest grid interval), ``adaptive = false``, ``tstops = fixed_grid(...)``; implicit
+                           solvers ``abstol = reltol`` = :data:`FIXED_NEWTON_TOLERANCE` (Newton's convergence test
+                           scales by them; JAX uses ``VeryChord(rtol=atol=1e-10)``)
+``Forward``                ``internalnorm = primal_norm`` (dual-number solves take the primal's steps);
+                           ``p = NullParameters()`` when there are no parameters
+``Direct`` + implicit      ``autodiff = AutoFiniteDiff()`` and the out-of-place field (the combination SciMLSensitivity
+                           tests with ``ReverseDiffAdjoint``)
+=========================  ===========================================================================================
+
 Layout: the neutral loss weights are ``(n_save, n_state)``; Julia's ``Array(sol)`` is ``(n_state, n_save)``, so
 the weights travel transposed (C-contiguous ``(n_state, n_save)``, which juliacall shows to Julia with the same
 logical indices).
@@ -22,7 +47,6 @@ from typing import Any
 
 import numpy as np
 
-from ..._stepping import error_order, initial_step
 from ..._problem import Problem
 from ..._record import STATUSES, GradientOutput, SolveOutput, SolverFailure, Stats
 from ..._rhs import MLPRHS, SymbolicRHS
@@ -56,6 +80,7 @@ from ..._solvers import (
     Tsit5,
     fixed_grid,
 )
+from ..._stepping import error_order, initial_step
 from ._field import julia_source
 
 __all__ = [
@@ -66,17 +91,21 @@ __all__ = [
     "RETCODE_STATUS",
     "DEVICES",
     "FIXED_QUAD_TOLERANCES",
+    "FIXED_NEWTON_TOLERANCE",
+    "SOLVE_KEYWORDS",
     "SensealgSpec",
     "JuliaCall",
     "sensealg_spec",
     "unsupported_reason",
     "uses_inplace",
+    "min_step_size",
     "build_call",
     "status_from",
     "gradient_output",
     "solve_output",
     "GRADIENT_FIELDS",
     "SOLVE_FIELDS",
+    "CELL_INFO_FIELDS",
 ]
 
 SOLVER_ALGS: dict[type, str] = {
@@ -91,7 +120,9 @@ SOLVER_ALGS: dict[type, str] = {
     ImplicitEuler: "ImplicitEuler",
     Kvaerno5: "Kvaerno5",
 }
-"""crossode solver descriptor -> OrdinaryDiffEq algorithm (``CrossODE.make_alg``)."""
+"""crossode solver descriptor -> OrdinaryDiffEq algorithm (``CrossODE.make_alg``). ``Dopri8`` -> ``DP8`` is Hairer's
+DOP853 (8th order, error from embedded 5th- and 3rd-order solutions), not the Prince-Dormand RK8(7)13M tableau of
+the PyTorch and JAX backends: same order, different steps and errors."""
 
 ALG_SUBPACKAGE: dict[str, str] = {
     "Euler": "OrdinaryDiffEqLowOrderRK",
@@ -111,12 +142,12 @@ SENSEALG_KINDS: dict[type, str] = {
     Direct: "ReverseDiffAdjoint",
     Forward: "ForwardDiffSensitivity",
     Backsolve: "BacksolveAdjoint",
-    Checkpointed: "InterpolatingAdjoint",
     InterpolatingAdjoint: "InterpolatingAdjoint",
     QuadratureAdjoint: "QuadratureAdjoint",
     GaussAdjoint: "GaussAdjoint",
 }
-"""crossode sensitivity descriptor -> SciMLSensitivity algorithm (``CrossODE.make_sensealg``)."""
+"""crossode sensitivity descriptor -> SciMLSensitivity algorithm (``CrossODE.make_sensealg``). ``Checkpointed`` has
+no counterpart (see :func:`unsupported_reason`)."""
 
 VJP_JULIA: dict[str, str] = {
     "auto": "nothing",
@@ -124,7 +155,8 @@ VJP_JULIA: dict[str, str] = {
     "reversediff": "ReverseDiffVJP(true)",
     "enzyme": "EnzymeVJP()",
 }
-"""crossode ``vjp`` option -> the ``autojacvec`` passed to the continuous adjoints (``CrossODE.make_vjp``)."""
+"""crossode ``vjp`` option -> the ``autojacvec`` passed to the continuous adjoints (``CrossODE.make_vjp``);
+``"auto"`` is resolved once per cell by ``CrossODE.resolve_vjp`` (the resolved name is in ``Prepared.info``)."""
 
 RETCODE_STATUS: dict[str, str] = {
     "MaxIters": "max_steps",
@@ -140,6 +172,17 @@ DTYPES = ("float64", "float32")
 FIXED_QUAD_TOLERANCES = (1e-10, 1e-8)
 """``QuadratureAdjoint``'s (abstol, reltol) for fixed-step solves (adaptive solves pass the solve's tolerances)."""
 
+FIXED_NEWTON_TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
+"""``abstol = reltol`` of fixed-step implicit solves, i.e. of their Newton iterations (OrdinaryDiffEq's Newton stops
+when the update, scaled by ``abstol + reltol*|u|``, is small; its defaults 1e-6/1e-3 would leave a Newton error far
+above the JAX backend's ``VeryChord(rtol=atol=1e-10)``). Float32 cannot resolve 1e-10: ~100 float32 epsilons."""
+
+SOLVE_KEYWORDS = (
+    "saveat", "save_start", "save_end", "adaptive", "maxiters", "dt", "tstops", "abstol", "reltol", "dtmin",
+    "dtmax", "controller", "internalnorm", "isoutofdomain",
+)
+"""Every keyword ``CrossODE._solve_kwargs`` can pass to ``solve`` (a test parses the Julia function for them)."""
+
 GRADIENT_FIELDS = (
     "status", "retcode", "loss", "du0", "dp", "nf", "naccept", "nreject",
     "calls_forward", "calls_backward", "time_forward_s", "time_total_s",
@@ -148,6 +191,9 @@ GRADIENT_FIELDS = (
 
 SOLVE_FIELDS = ("status", "retcode", "ys", "t", "nf", "naccept", "nreject", "calls", "time_s")
 """Fields of ``CrossODE.solve_cell``'s result."""
+
+CELL_INFO_FIELDS = ("vjp", "sensealg", "solve_keywords", "problem_keywords")
+"""Fields of ``CrossODE.cell_info``'s result."""
 
 _SUPPORTED_SOLVERS = ", ".join(c.__name__ for c in SOLVER_ALGS)
 
@@ -162,7 +208,8 @@ class SensealgSpec:
 
     @property
     def julia(self) -> str:
-        """The Julia expression this spec builds (for records and messages)."""
+        """The Julia expression this spec builds (for records and messages; ``vjp='auto'`` shows as ``nothing``,
+        which ``CrossODE.build`` resolves)."""
         if self.kind in ("ReverseDiffAdjoint", "ForwardDiffSensitivity"):
             return f"{self.kind}()"
         args = [f"autojacvec = {VJP_JULIA[self.vjp]}"]
@@ -186,13 +233,24 @@ def sensealg_spec(sensitivity: AbstractSensitivity, device: str = "cpu") -> Sens
     vjp = getattr(sensitivity, "vjp", "auto")
     if device == "cuda" and vjp == "auto":
         vjp = "zygote"
-    if isinstance(sensitivity, Checkpointed):
-        checkpointing = True
-    elif isinstance(sensitivity, InterpolatingAdjoint):
+    if isinstance(sensitivity, InterpolatingAdjoint):
         checkpointing = bool(sensitivity.checkpointing)
     else:  # Backsolve: pure backsolve (SciMLSensitivity's default would checkpoint at the saves); Gauss: none
         checkpointing = False
     return SensealgSpec(kind, vjp, checkpointing)
+
+
+CHECKPOINTED_REASON = (
+    "Checkpointed is a discretise-then-optimise gradient and SciMLSensitivity has no checkpointed discrete adjoint "
+    "(ReverseDiffAdjoint, = Direct, tapes every step; InterpolatingAdjoint(checkpointing=true) is a continuous "
+    "adjoint): use InterpolatingAdjoint(checkpointing=True) for Julia's checkpointed continuous adjoint"
+)
+CHECKPOINTED_FIXED_REASON = (
+    "InterpolatingAdjoint(checkpointing=True) with Fixed(dt): SciMLSensitivity re-solves each checkpoint interval "
+    "with only reltol/abstol (src/interpolating_adjoint.jl), never dt, adaptive=false or tstops, so Euler fails and "
+    "the other fixed-step solvers re-solve adaptively at the default tolerances; use checkpointing=False or "
+    "Adaptive()"
+)
 
 
 def unsupported_reason(
@@ -219,6 +277,8 @@ def unsupported_reason(
         return f"solver {type(solver).__name__} has no Julia mapping; supported: {_SUPPORTED_SOLVERS}"
     if isinstance(sensitivity, MALI):
         return "MALI needs the ALF solver, which neither OrdinaryDiffEq nor SciMLSensitivity provides"
+    if isinstance(sensitivity, Checkpointed):
+        return CHECKPOINTED_REASON
     if type(sensitivity) not in SENSEALG_KINDS:
         return f"sensitivity {type(sensitivity).__name__} has no SciMLSensitivity mapping"
     if isinstance(step, Adaptive):
@@ -226,11 +286,8 @@ def unsupported_reason(
             return f"{type(solver).__name__} has no error estimate in crossode; use Fixed(dt=...)"
     elif not isinstance(step, Fixed):
         return f"unknown step control {step!r}"
-    if isinstance(sensitivity, Checkpointed) and sensitivity.checkpoints is not None:
-        return (
-            "Checkpointed(checkpoints=N): SciMLSensitivity's InterpolatingAdjoint(checkpointing=true) checkpoints at "
-            "the save times and cannot bound their number; use Checkpointed() (checkpoints=None)"
-        )
+    if isinstance(step, Fixed) and isinstance(sensitivity, InterpolatingAdjoint) and sensitivity.checkpointing:
+        return CHECKPOINTED_FIXED_REASON
     if problem.t1 < problem.t0 and problem.saveat.size > 1:
         return (
             "backward-in-time spans (t1 < t0) with several save times are not supported (SciMLSensitivity sorts "
@@ -251,17 +308,34 @@ def unsupported_reason(
     return None
 
 
-def uses_inplace(problem: Problem, sensitivity: AbstractSensitivity, device: str = "cpu") -> bool:
-    """In-place ``f!(du, u, p, t)`` for scalar symbolic fields on CPU, except with ``vjp='zygote'`` (Zygote cannot
-    differentiate mutation); out-of-place for MLPs (vectorised) and on CUDA."""
+def uses_inplace(
+    problem: Problem, sensitivity: AbstractSensitivity, device: str = "cpu", solver: AbstractSolver | None = None
+) -> bool:
+    """In-place ``f!(du, u, p, t)`` for scalar symbolic fields on CPU; out-of-place for MLPs (vectorised), on CUDA,
+    with ``vjp='zygote'`` (Zygote cannot differentiate mutation) and for ``Direct`` with an implicit solver
+    (``ReverseDiffAdjoint`` tracks an out-of-place field as a ``TrackedArray``; the in-place form would run the
+    finite-difference Jacobian and the linear solves on arrays of ``TrackedReal``, a path SciMLSensitivity's tests
+    do not take)."""
     if device == "cuda" or isinstance(problem.rhs, MLPRHS):
+        return False
+    if isinstance(sensitivity, Direct) and isinstance(solver, AbstractImplicitSolver):
         return False
     return getattr(sensitivity, "vjp", "auto") != "zygote"
 
 
+def min_step_size(t0: float, t1: float, dtype: str = "float64") -> float:
+    """Ten spacings of ``dtype`` at the largest ``|t|`` of the span: a rejected step proposing less stops the solve
+    with ``step_size_too_small`` (the rule of ``crossode/backends/torch/_control.py::min_step_size`` and of the JAX
+    ``LandingController``; float32 times cannot resolve smaller steps)."""
+    return 10.0 * float(np.spacing(np.asarray(max(abs(t0), abs(t1)), dtype=np.dtype(dtype))))
+
+
 @dataclasses.dataclass(frozen=True)
 class JuliaCall:
-    """The arguments of one ``CrossODE.build`` call, plus what Python needs to read the results back."""
+    """The arguments of one ``CrossODE.build`` call, plus what Python needs to read the results back.
+
+    ``None`` means "not passed" (OrdinaryDiffEq's default). See the module docstring for what each keyword is for.
+    """
 
     src: str
     iip: bool
@@ -271,15 +345,25 @@ class JuliaCall:
     t1: float
     saveat: np.ndarray
     alg: str
+    alg_autodiff: str  # "default" (ForwardDiff Jacobians) or "finite" (AutoFiniteDiff), implicit solvers only
     sensealg: SensealgSpec
+    adaptive: bool
     abstol: float | None
     reltol: float | None
-    quad_abstol: float
-    quad_reltol: float
-    dt: float | None
-    adaptive: bool
+    dt: float | None  # fixed step
+    dt0: float | None  # first adaptive step (a problem keyword)
+    dtmin: float | None
+    dtmax: float | None
     tstops: np.ndarray | None
     maxiters: int
+    save_start: bool
+    save_end: bool
+    controller: str  # "crossode" or "default"
+    internalnorm: str  # "primal" or "default"
+    isoutofdomain: str  # "nonfinite" or "default"
+    null_parameters: bool
+    quad_abstol: float
+    quad_reltol: float
     loss_kind: str
     weights: np.ndarray | None  # (n_state, n_save), C-contiguous
     device: str
@@ -289,46 +373,51 @@ class JuliaCall:
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``CrossODE.build`` (NumPy arrays, Python scalars, ``None`` -> ``nothing``)."""
-        return {
-            "src": self.src,
-            "iip": self.iip,
-            "u0": self.u0,
-            "p": self.p,
-            "t0": self.t0,
-            "t1": self.t1,
-            "saveat": self.saveat,
-            "alg": self.alg,
-            "sensealg": self.sensealg.kind,
-            "vjp": self.sensealg.vjp,
-            "checkpointing": self.sensealg.checkpointing,
-            "abstol": self.abstol,
-            "reltol": self.reltol,
-            "quad_abstol": self.quad_abstol,
-            "quad_reltol": self.quad_reltol,
-            "dt": self.dt,
-            "adaptive": self.adaptive,
-            "tstops": self.tstops,
-            "maxiters": self.maxiters,
-            "loss_kind": self.loss_kind,
-            "weights": self.weights,
-            "device": self.device,
-            "dtype": self.dtype,
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_BUILD_ARGS}
+        out.update(sensealg=self.sensealg.kind, vjp=self.sensealg.vjp, checkpointing=self.sensealg.checkpointing)
+        return out
+
+    def solve_keywords(self) -> dict[str, Any]:
+        """The keywords ``CrossODE._solve_kwargs`` passes to every ``solve`` of this cell: values for scalars and
+        arrays, the Julia object's name for the tagged ones (mirror of the Julia function)."""
+        kw: dict[str, Any] = {
+            "saveat": self.saveat, "save_start": self.save_start, "save_end": self.save_end,
+            "adaptive": self.adaptive, "maxiters": self.maxiters,
         }
+        for name in ("dt", "tstops", "abstol", "reltol", "dtmin", "dtmax"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        if self.controller == "crossode":
+            kw["controller"] = "CrossODEController()"
+        if self.internalnorm == "primal":
+            kw["internalnorm"] = "primal_norm"
+        if self.isoutofdomain == "nonfinite":
+            kw["isoutofdomain"] = "nonfinite_state"
+        return kw
+
+    def problem_keywords(self) -> dict[str, Any]:
+        """Keywords stored in the ``ODEProblem`` (forward solves only): the first adaptive step."""
+        return {} if self.dt0 is None else {"dt": self.dt0}
 
     def describe(self) -> dict[str, Any]:
-        """What runs in Julia, for records: algorithm, sensealg expression, field form, step keywords."""
+        """What runs in Julia, for records: algorithm, sensealg expression, field form, solve keywords."""
+        alg = f"{self.alg}(autodiff = AutoFiniteDiff())" if self.alg_autodiff == "finite" else f"{self.alg}()"
         d: dict[str, Any] = {
-            "julia_alg": f"{self.alg}()",
+            "julia_alg": alg,
             "julia_sensealg": self.sensealg.julia,
             "julia_rhs": "in-place" if self.iip else "out-of-place",
+            "julia_parameters": "NullParameters()" if self.null_parameters else f"Vector (length {self.n_params})",
         }
-        if self.adaptive:
-            d.update(abstol=self.abstol, reltol=self.reltol, dt=self.dt, maxiters=self.maxiters)
-        else:
-            d.update(dt=self.dt, adaptive=False, tstops=int(self.tstops.size), maxiters=self.maxiters)
+        for name, value in self.solve_keywords().items():
+            d[name] = int(value.size) if isinstance(value, np.ndarray) else value
+        if self.dt0 is not None:
+            d["dt0"] = self.dt0
         if self.sensealg.kind == "QuadratureAdjoint":
             d.update(quad_abstol=self.quad_abstol, quad_reltol=self.quad_reltol)
         return d
+
+
+_NOT_BUILD_ARGS = frozenset({"sensealg", "n_states", "n_params"})
 
 
 def build_call(
@@ -347,37 +436,61 @@ def build_call(
     """
     spec = sensealg_spec(sensitivity, device)
     t0, t1 = problem.tspan
+    saveat = np.array(problem.saveat, dtype=np.float64)
+    implicit = isinstance(solver, AbstractImplicitSolver)
     if isinstance(step, Fixed):
         grid = fixed_grid(t0, t1, step.dt, problem.saveat)
-        dt = float(np.max(np.abs(np.diff(grid)))) * (1.0 + 1e-9)
-        adaptive, tstops, abstol, reltol = False, np.ascontiguousarray(grid, dtype=np.float64), None, None
+        dt, dt0 = float(np.max(np.abs(np.diff(grid)))) * (1.0 + 1e-9), None
+        adaptive, tstops = False, np.ascontiguousarray(grid, dtype=np.float64)
+        abstol = reltol = FIXED_NEWTON_TOLERANCE[dtype] if implicit else None
+        dtmin = dtmax = None
+        controller, isoutofdomain = "default", "default"
         quad_abstol, quad_reltol = FIXED_QUAD_TOLERANCES
     else:
-        # Same first step as the other backends (crossode's Hairer estimate) unless the user gave one.
-        dt = step.dt0 if step.dt0 is not None else initial_step(problem, error_order(solver), step.rtol, step.atol)[0]
-        adaptive, tstops, abstol, reltol = True, None, step.atol, step.rtol
+        # The first step of the PyTorch and JAX backends: the given dt0, else crossode's Hairer estimate, not clipped
+        # to the span (the first step lands on the first save time and the proposal survives the landing).
+        dt = None
+        if step.dt0 is not None:
+            dt0 = float(step.dt0)
+        else:
+            dt0 = float(initial_step(problem, error_order(solver), step.rtol, step.atol, clip=False)[0])
+        adaptive, tstops = True, saveat.copy()
+        abstol, reltol = float(step.atol), float(step.rtol)
+        dtmin, dtmax = min_step_size(t0, t1, dtype), float("inf")
+        controller, isoutofdomain = "crossode", "nonfinite"
         quad_abstol, quad_reltol = step.atol, step.rtol
+    forward = spec.kind == "ForwardDiffSensitivity"
     weights = None
     if problem.loss.kind == "linear":
         weights = np.ascontiguousarray(np.asarray(problem.loss.weights, dtype=np.float64).T)
     return JuliaCall(
         src=julia_source(problem.rhs, dtype),
-        iip=uses_inplace(problem, sensitivity, device),
+        iip=uses_inplace(problem, sensitivity, device, solver),
         u0=np.array(problem.y0, dtype=np.float64),
         p=np.array(problem.params, dtype=np.float64),
         t0=float(t0),
         t1=float(t1),
-        saveat=np.array(problem.saveat, dtype=np.float64),
+        saveat=saveat,
         alg=SOLVER_ALGS[type(solver)],
+        alg_autodiff="finite" if implicit and isinstance(sensitivity, Direct) else "default",
         sensealg=spec,
+        adaptive=adaptive,
         abstol=abstol,
         reltol=reltol,
-        quad_abstol=float(quad_abstol),
-        quad_reltol=float(quad_reltol),
-        dt=None if dt is None else float(dt),
-        adaptive=adaptive,
+        dt=dt,
+        dt0=dt0,
+        dtmin=dtmin,
+        dtmax=dtmax,
         tstops=tstops,
         maxiters=int(step.max_steps),
+        save_start=bool(saveat[0] == t0),
+        save_end=bool(saveat[-1] == t1),
+        controller=controller,
+        internalnorm="primal" if forward else "default",
+        isoutofdomain=isoutofdomain,
+        null_parameters=forward and problem.n_params == 0,
+        quad_abstol=float(quad_abstol),
+        quad_reltol=float(quad_reltol),
         loss_kind=problem.loss.kind,
         weights=weights,
         device=device,
@@ -416,12 +529,13 @@ def _vector(value, n: int, name: str) -> np.ndarray:
     return arr
 
 
-def gradient_output(res: Mapping[str, Any], call: JuliaCall) -> GradientOutput:
+def gradient_output(res: Mapping[str, Any], call: JuliaCall, vjp: str | None = None) -> GradientOutput:
     """``CrossODE.gradient_cell``'s result (as a mapping) -> :class:`GradientOutput`, or raise SolverFailure.
 
+    ``vjp`` is the VJP that ran (``CrossODE.cell_info(cell).vjp``, ``"auto"`` resolved); default: the requested one.
     Backward NFE: counted RHS calls during the pullback (VJPs, dual re-solves, adjoint re-solves), except
     ``ReverseDiffAdjoint``, whose tape reverses each forward evaluation once without calling Julia code
-    (reported as the forward count), and ``ReverseDiffVJP(true)``, whose compiled tape replays without calling
+    (reported as the forward count), and a compiled ``ReverseDiffVJP(true)`` tape, which replays without calling
     the field (reported as unknown, ``None``).
     """
     retcode = str(res.get("retcode", "?"))
@@ -434,9 +548,10 @@ def gradient_output(res: Mapping[str, Any], call: JuliaCall) -> GradientOutput:
     if not (np.isfinite(loss) and np.all(np.isfinite(dy0)) and np.all(np.isfinite(dparams))):
         raise SolverFailure("diverged", "Julia returned a non-finite loss or gradient")
     nf = _count(res.get("nf"))
+    ran = call.sensealg.vjp if vjp is None else str(vjp)
     if call.sensealg.kind == "ReverseDiffAdjoint":
         nfe_backward = nf
-    elif call.sensealg.continuous and call.sensealg.vjp == "reversediff":
+    elif call.sensealg.continuous and ran == "reversediff":
         nfe_backward = None
     else:
         nfe_backward = _count(res.get("calls_backward"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -80,10 +81,14 @@ def symbolic_fields():
 
 # ------------------------------------------------------------------------------------------ codegen semantics
 
+_NANMATH = types.SimpleNamespace(  # NaNMath.jl semantics: NaN outside the domain (NumPy returns NaN there too)
+    sin=np.sin, cos=np.cos, tan=np.tan, asin=np.arcsin, acos=np.arccos, acosh=np.arccosh, atanh=np.arctanh,
+    log=np.log, sqrt=np.sqrt, pow=lambda a, b: np.power(np.float64(a), b),
+)
 _NP = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "exp": np.exp, "log": np.log, "sqrt": np.sqrt,
-    "abs": np.abs, "pi": np.pi, "zero": lambda x: 0.0, "Float32": float,
+    "abs": np.abs, "pi": np.pi, "zero": lambda x: 0.0, "Float32": float, "NaNMath": _NANMATH,
 }
 
 
@@ -100,7 +105,8 @@ def eval_generated_symbolic(src: str, form: str, u, p, t):
         body = src.split("return [", 1)[1].split("]\n", 1)[0]
         exprs = [ln.strip().rstrip(",") for ln in body.strip().splitlines()]
     env = dict(_NP, u=u, p=p, t=t, _e=np.e)
-    return np.array([eval(julia_scalar_to_python(e), {"__builtins__": {}}, env) for e in exprs])  # noqa: S307
+    with np.errstate(invalid="ignore"):
+        return np.array([eval(julia_scalar_to_python(e), {"__builtins__": {}}, env) for e in exprs])  # noqa: S307
 
 
 @pytest.mark.parametrize("name,rhs", symbolic_fields(), ids=[n for n, _ in symbolic_fields()])
@@ -123,10 +129,72 @@ def test_generated_symbolic_code_uses_one_based_indices_in_neutral_order():
 
 
 def test_float32_literals():
-    rhs = SymbolicRHS(["x"], ["k"], ["-0.04*x + k/3"])
+    rhs = SymbolicRHS(["x", "y"], ["k"], ["-0.04*x + k/3", "2*y/7"])
     src32, src64 = _field.julia_source(rhs, "float32"), _field.julia_source(rhs, "float64")
-    assert "Float32(0.04)" in src32 and "Float32(0.3333333333333333)" not in src32  # k/3 stays an Int division
+    assert "Float32(0.04)" in src32 and "p[1] / 3" in src32  # k/3 stays an Int division
+    assert "(Float32(0.2857143)) * u[2]" in src32  # 2/7: the float32 rounding, shortest decimal
     assert "0.04" in src64 and "Float32" not in src64
+
+
+def _body(src: str) -> str:
+    return src.split("\nlet\n", 1)[1]
+
+
+def test_float32_fields_have_no_float64_constants():
+    """sqrt(2), pi, E, 2*pi, exp(1) are Float64 in Julia: each numeric subexpression is folded to one literal in the
+    field's precision (issue 12: float32 fields leaked Float64 through `sqrt(2)`)."""
+    rhs = SymbolicRHS(["x", "y"], ["k"], ["sqrt(2)*x + pi*y + 2*pi*k", "E*x - exp(1)*y + pi**2 + sqrt(k)*sqrt(3)"])
+    src = _body(_field.julia_source(rhs, "float32"))
+    for leak in ("sqrt(2)", "sqrt(3)", " pi", "(pi", "MathConstants", "exp(1)"):
+        assert leak not in src, (leak, src)
+    assert "Float32(1.4142135)" in src and "Float32(3.1415927)" in src and "Float32(6.2831855)" in src
+    assert "Float32(9.869604)" in src and "Float32(1.7320508) * NaNMath.sqrt(p[1])" in src
+    floats = re.findall(r"(?<![\w.(])\d+\.\d+(?:e[-+]?\d+)?", src)
+    assert not floats, floats  # every float literal sits inside Float32(...)
+    # the float64 code computes the same numbers
+    u, p = np.array([0.3, 0.6]), np.array([0.8])
+    for form in ("iip", "oop"):
+        np.testing.assert_allclose(eval_generated_symbolic(_field.julia_source(rhs), form, u, p, 0.2), rhs.f(0.2, u, p),
+                                   rtol=1e-15)
+
+
+def test_constants_that_are_not_real_numbers_are_rejected():
+    with pytest.raises(crossode.InvalidInputError, match="not a finite real number"):
+        _field.julia_source(SymbolicRHS(["x"], [], [sympy.sqrt(-2) * sympy.Symbol("x")]))
+    assert _field.fold_constants(sympy.Integer(3)) == 3 and _field.fold_constants(sympy.Rational(1, 3)) == sympy.Rational(1, 3)
+
+
+GUARDED = {
+    "sqrt(x)": "NaNMath.sqrt(u[1])", "log(x)": "NaNMath.log(u[1])", "x**1.5": "NaNMath.pow(u[1], 1.5)",
+    "x**(3/2)": "NaNMath.pow(u[1], 1.5)", "asin(x)": "NaNMath.asin(u[1])", "acos(x)": "NaNMath.acos(u[1])",
+    "sin(x)": "NaNMath.sin(u[1])", "cos(x)": "NaNMath.cos(u[1])", "tan(x)": "NaNMath.tan(u[1])",
+    "x**k": "NaNMath.pow(u[1], p[1])", "2**(-t)": "NaNMath.pow(2, -t)", "1/sqrt(x)": "1 / NaNMath.sqrt(u[1])",
+}
+
+
+@pytest.mark.parametrize("expr,code", list(GUARDED.items()), ids=list(GUARDED))
+def test_domain_functions_are_nan_guarded(expr, code):
+    """Julia's sqrt/log/asin/x^1.5 throw DomainError where PyTorch/JAX give NaN (and reject the step): the
+    generated code calls NaNMath.jl instead (issue 12, lower severity)."""
+    src = _field.julia_source(SymbolicRHS(["x"], ["k"], [expr]))
+    assert code in src, src
+    bare = re.sub(r"NaNMath\.\w+", "", _body(src))
+    assert not re.search(r"\b(sqrt|log|asin|acos|sin|cos|tan)\(", bare), src
+    assert not re.search(r"\^ (?!\(?-?\d+\)?\b)", bare), src  # `^` only with integer exponents
+
+
+def test_nan_guarded_code_returns_nan_outside_the_domain():
+    rhs = SymbolicRHS(["x", "y"], ["k"], ["sqrt(x) + x**1.5 + log(y)", "asin(y) + k*x**2 + 1/x**2"])
+    src = _field.julia_source(rhs)
+    assert "u[1] ^ 2" in src and "u[1] ^ (-2)" in src  # integer powers keep `^`
+    for form in ("iip", "oop"):
+        out = eval_generated_symbolic(src, form, np.array([-0.5, 2.0]), np.array([1.0]), 0.0)
+        assert np.isnan(out).all()  # sqrt(-0.5), (-0.5)^1.5 and asin(2): NaN, as NumPy/torch/JAX
+
+
+def test_mlp_weights_are_lazy_transposes():
+    src = _field.julia_source(MLPRHS([2, 3, 2], seed=1))
+    assert "W1 = transpose(reshape(p[1:6], 2, 3))" in src and "permutedims" not in src
 
 
 def test_constant_component_follows_the_element_type_of_u():
@@ -148,7 +216,7 @@ def eval_generated_mlp(src: str, activation: str, u: np.ndarray, p: np.ndarray) 
     env = {"u": u}
     for line in src.split("function rhs_oop(u, p, t)", 1)[1].split("\n    end", 1)[0].strip().splitlines():
         line = line.split("#", 1)[0].strip()
-        if m := re.fullmatch(r"(W\d+) = permutedims\(reshape\(p\[(\d+):(\d+)\], (\d+), (\d+)\)\)", line):
+        if m := re.fullmatch(r"(W\d+) = transpose\(reshape\(p\[(\d+):(\d+)\], (\d+), (\d+)\)\)", line):
             a, b, rows, cols = map(int, m.groups()[1:])
             env[m.group(1)] = np.reshape(p[a - 1 : b], (rows, cols), order="F").T  # Julia reshape is column-major
         elif m := re.fullmatch(r"(b\d+) = p\[(\d+):(\d+)\]", line):
@@ -216,10 +284,9 @@ SENSE_CASES = [
     (Backsolve(), "BacksolveAdjoint(autojacvec = nothing, checkpointing = false)", "BacksolveAdjoint", "auto", False),
     (Backsolve(vjp="enzyme"), "BacksolveAdjoint(autojacvec = EnzymeVJP(), checkpointing = false)",
      "BacksolveAdjoint", "enzyme", False),
-    (Checkpointed(), "InterpolatingAdjoint(autojacvec = nothing, checkpointing = true)", "InterpolatingAdjoint",
-     "auto", True),
-    (Checkpointed(vjp="reversediff"), "InterpolatingAdjoint(autojacvec = ReverseDiffVJP(true), checkpointing = true)",
-     "InterpolatingAdjoint", "reversediff", True),
+    (InterpolatingAdjoint(checkpointing=True, vjp="reversediff"),
+     "InterpolatingAdjoint(autojacvec = ReverseDiffVJP(true), checkpointing = true)", "InterpolatingAdjoint",
+     "reversediff", True),
     (InterpolatingAdjoint(), "InterpolatingAdjoint(autojacvec = nothing, checkpointing = false)",
      "InterpolatingAdjoint", "auto", False),
     (InterpolatingAdjoint(checkpointing=True, vjp="zygote"),
@@ -257,22 +324,131 @@ def test_adaptive_arguments():
     step = Adaptive(rtol=1e-7, atol=1e-9, dt0=0.01, max_steps=1234)
     call = _marshal.build_call(prob, Tsit5(), QuadratureAdjoint(), step)
     kw = call.build_kwargs()
-    assert kw["adaptive"] is True and kw["tstops"] is None
-    assert (kw["abstol"], kw["reltol"], kw["dt"], kw["maxiters"]) == (1e-9, 1e-7, 0.01, 1234)
+    assert kw["adaptive"] is True and kw["dt"] is None and kw["dt0"] == 0.01
+    assert (kw["abstol"], kw["reltol"], kw["maxiters"]) == (1e-9, 1e-7, 1234)
     assert (kw["quad_abstol"], kw["quad_reltol"]) == (1e-9, 1e-7)  # quadrature as tight as the solve
     assert (kw["t0"], kw["t1"]) == (0.0, 10.0)
     np.testing.assert_array_equal(kw["saveat"], [2.5, 5.0, 10.0])
     np.testing.assert_array_equal(kw["u0"], prob.y0)
     np.testing.assert_array_equal(kw["p"], prob.params)
     assert kw["u0"].dtype == np.float64 and kw["loss_kind"] == "sum_squares" and kw["weights"] is None
-    # dt0=None: the same Hairer first step the PyTorch and JAX backends take
-    from crossode._stepping import error_order, initial_step
-
-    auto = _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive()).build_kwargs()["dt"]
-    assert auto == initial_step(prob, error_order(Tsit5()), Adaptive().rtol, Adaptive().atol)[0] and auto > 0
     info = call.describe()
     assert info["julia_alg"] == "Tsit5()" and info["julia_rhs"] == "in-place"
-    assert info["quad_abstol"] == 1e-9
+    assert info["quad_abstol"] == 1e-9 and info["dt0"] == 0.01
+
+
+def test_adaptive_steps_land_on_every_save_time_with_the_torch_jax_controller():
+    """Issue 12 item 3: tstops = saveat and the PyTorch/JAX I-controller (CrossODE.CrossODEController)."""
+    prob = lotka_volterra()
+    kw = _marshal.build_call(prob, Dopri5(), GaussAdjoint(), Adaptive()).solve_keywords()
+    np.testing.assert_array_equal(kw["tstops"], prob.saveat)
+    assert kw["controller"] == "CrossODEController()"
+    assert kw["isoutofdomain"] == "nonfinite_state"  # a NaN/Inf candidate is a rejected step (factor qmin = 0.2)
+    assert kw["dtmax"] == float("inf")  # proposals are not capped at |t1 - t0| (they are not in PyTorch/JAX)
+    assert kw["dtmin"] == 10 * np.spacing(10.0)  # PyTorch's step_size_too_small threshold
+    assert _marshal.min_step_size(0.0, 10.0, "float32") == 10 * float(np.spacing(np.float32(10.0)))
+    assert "dt" not in kw  # the first step is a problem keyword (next test)
+
+
+def test_first_step_is_the_jax_one_and_only_for_the_forward_solve():
+    """dt0 = crossode's unclipped Hairer estimate (as the JAX backend); passed as a problem keyword, so the
+    backward ODEAdjointProblem (a new problem) picks its own first step instead of reusing the forward one."""
+    from crossode._stepping import error_order, initial_step
+
+    prob = lotka_volterra(tspan=(0.0, 0.001), saveat=[0.001])  # a span shorter than the Hairer estimate
+    call = _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive())
+    expected = initial_step(prob, error_order(Tsit5()), 1e-6, 1e-8, clip=False)[0]
+    assert call.dt0 == expected > 0.001  # not clipped to the span: the first step lands on t1 and the proposal stays
+    assert call.problem_keywords() == {"dt": expected}
+    assert "dt" not in call.solve_keywords()
+    assert _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive(dt0=1e-4)).dt0 == 1e-4
+
+
+def test_saves_are_exactly_saveat():
+    """save_start/save_end explicit (SciMLSensitivity's adjoints default both to true)."""
+    kw = _marshal.build_call(lotka_volterra(saveat=[0.0, 5.0]), Tsit5(), Backsolve(), Adaptive()).solve_keywords()
+    assert (kw["save_start"], kw["save_end"]) == (True, False)
+    kw = _marshal.build_call(lotka_volterra(), Tsit5(), Backsolve(), Fixed(dt=0.1)).solve_keywords()
+    assert (kw["save_start"], kw["save_end"]) == (False, True)
+
+
+KEYWORD_SETS = [
+    (Tsit5(), GaussAdjoint(), Adaptive(), "float64",
+     {"saveat", "save_start", "save_end", "adaptive", "maxiters", "tstops", "abstol", "reltol", "dtmin", "dtmax",
+      "controller", "isoutofdomain"}),
+    (Tsit5(), Forward(), Adaptive(), "float64",
+     {"saveat", "save_start", "save_end", "adaptive", "maxiters", "tstops", "abstol", "reltol", "dtmin", "dtmax",
+      "controller", "isoutofdomain", "internalnorm"}),
+    (RK4(), Direct(), Fixed(dt=0.1), "float64", {"saveat", "save_start", "save_end", "adaptive", "maxiters", "dt",
+                                                  "tstops"}),
+    (RK4(), Forward(), Fixed(dt=0.1), "float32", {"saveat", "save_start", "save_end", "adaptive", "maxiters", "dt",
+                                                   "tstops", "internalnorm"}),
+    (Kvaerno5(), Direct(), Fixed(dt=0.1), "float64", {"saveat", "save_start", "save_end", "adaptive", "maxiters",
+                                                       "dt", "tstops", "abstol", "reltol"}),
+    (ImplicitEuler(), InterpolatingAdjoint(checkpointing=True), Adaptive(), "float64",
+     {"saveat", "save_start", "save_end", "adaptive", "maxiters", "tstops", "abstol", "reltol", "dtmin", "dtmax",
+      "controller", "isoutofdomain"}),
+]
+
+
+@pytest.mark.parametrize("solver,sens,step,dtype,expected", KEYWORD_SETS,
+                         ids=[f"{s!r}-{g!r}-{type(c).__name__}-{d}" for s, g, c, d, _ in KEYWORD_SETS])
+def test_solve_keyword_set_per_combination(solver, sens, step, dtype, expected):
+    call = _marshal.build_call(lotka_volterra(), solver, sens, step, "cpu", dtype)
+    assert set(call.solve_keywords()) == expected
+    assert set(call.solve_keywords()) <= set(_marshal.SOLVE_KEYWORDS)
+    assert set(call.problem_keywords()) == ({"dt"} if isinstance(step, Adaptive) else set())
+
+
+def test_fixed_implicit_steps_use_tight_newton_tolerances():
+    """Issue 12 item 4: Newton converges to abstol = reltol = 1e-10 (JAX: VeryChord(rtol=atol=1e-10))."""
+    for solver in (ImplicitEuler(), Kvaerno5()):
+        for dtype, tol in (("float64", 1e-10), ("float32", 1e-5)):
+            kw = _marshal.build_call(lotka_volterra(), solver, GaussAdjoint(), Fixed(dt=0.1), "cpu", dtype).build_kwargs()
+            assert kw["abstol"] == kw["reltol"] == tol == _marshal.FIXED_NEWTON_TOLERANCE[dtype]
+    kw = _marshal.build_call(lotka_volterra(), RK4(), GaussAdjoint(), Fixed(dt=0.1)).build_kwargs()
+    assert kw["abstol"] is None and kw["reltol"] is None  # explicit fixed steps have no tolerance to pass
+
+
+def test_direct_with_implicit_solvers_uses_finite_difference_jacobians():
+    """Issue 12 item 1: ReverseDiffAdjoint with AutoFiniteDiff and the out-of-place field (the combination
+    SciMLSensitivity tests); every other sensitivity keeps ForwardDiff Jacobians."""
+    for solver in (ImplicitEuler(), Kvaerno5()):
+        for step in (Adaptive(), Fixed(dt=0.1)):
+            call = _marshal.build_call(lotka_volterra(), solver, Direct(), step)
+            assert call.alg_autodiff == "finite" and call.iip is False
+            assert call.describe()["julia_alg"] == f"{call.alg}(autodiff = AutoFiniteDiff())"
+            for other in (Forward(), Backsolve(), GaussAdjoint(), InterpolatingAdjoint()):
+                assert _marshal.build_call(lotka_volterra(), solver, other, step).alg_autodiff == "default"
+    assert _marshal.build_call(lotka_volterra(), Tsit5(), Direct(), Adaptive()).alg_autodiff == "default"
+
+
+def test_forward_uses_a_primal_value_norm():
+    """Issue 12 item 5: ForwardDiffSensitivity's dual solves take the primal's steps."""
+    for sens in (Direct(), Forward(), Backsolve(), InterpolatingAdjoint(), QuadratureAdjoint(), GaussAdjoint()):
+        for step in (Adaptive(), Fixed(dt=0.1)):
+            kw = _marshal.build_call(lotka_volterra(), Tsit5(), sens, step).solve_keywords()
+            assert (kw.get("internalnorm") == "primal_norm") == isinstance(sens, Forward)
+
+
+def test_zero_parameter_problems_pass_null_parameters_to_forward():
+    """Issue 12 item 8: ForwardDiffSensitivity divides by zero on an empty parameter vector."""
+    prob = Problem(SymbolicRHS(["x"], [], ["-x"]), y0=[1.0], params=[], tspan=(0.0, 1.0))
+    for sens in (Direct(), Forward(), Backsolve(), GaussAdjoint()):
+        call = _marshal.build_call(prob, Tsit5(), sens, Adaptive())
+        assert call.null_parameters is isinstance(sens, Forward)
+        assert call.build_kwargs()["p"].shape == (0,)
+    assert _marshal.build_call(lotka_volterra(), Tsit5(), Forward(), Adaptive()).null_parameters is False
+
+
+def test_vjp_auto_is_passed_for_julia_to_resolve_and_counts_follow_the_vjp_that_ran():
+    """Issue 12 item 7: CrossODE.build resolves "auto" once; Python reads the result back (Prepared.vjp)."""
+    call = _call(sens=GaussAdjoint())
+    assert call.build_kwargs()["vjp"] == "auto"
+    assert _marshal.gradient_output(_grad_res(), call, vjp="reversediff").stats.nfe_backward is None  # compiled tape
+    assert _marshal.gradient_output(_grad_res(), call, vjp="enzyme").stats.nfe_backward == 240
+    assert _marshal.gradient_output(_grad_res(), call, vjp="reversediff_uncompiled").stats.nfe_backward == 240
+    assert _marshal.gradient_output(_grad_res(), call).stats.nfe_backward == 240  # unresolved: as requested
 
 
 def _emulate_ordinarydiffeq_fixed_steps(t0, dt, tstops, t1):
@@ -433,7 +609,9 @@ def test_gradient_output_checks():
         (Tsit5(), MALI(), Adaptive(), "cpu", "MALI"),
         (Euler(), Direct(), Adaptive(), "cpu", "Fixed(dt"),
         (RK4(), Direct(), Adaptive(), "cpu", "Fixed(dt"),
-        (Tsit5(), Checkpointed(checkpoints=4), Adaptive(), "cpu", "checkpoints"),
+        (Tsit5(), Checkpointed(checkpoints=4), Adaptive(), "cpu", "discretise-then-optimise"),
+        (Tsit5(), Checkpointed(), Adaptive(), "cpu", "InterpolatingAdjoint(checkpointing=True)"),
+        (RK4(), InterpolatingAdjoint(checkpointing=True), Fixed(dt=0.1), "cpu", "interpolating_adjoint.jl"),
         (Tsit5(), Direct(), Adaptive(), "tpu", "unknown device"),
         (Tsit5(), GaussAdjoint(), Adaptive(), "cuda", "MLP"),
     ],
@@ -459,7 +637,8 @@ def test_unsupported_on_cuda(solver, sens, needle):
 
 
 def test_supported_on_cuda():
-    for sens in (GaussAdjoint(), Backsolve(vjp="zygote"), Checkpointed(), InterpolatingAdjoint(), QuadratureAdjoint()):
+    for sens in (GaussAdjoint(), Backsolve(vjp="zygote"), InterpolatingAdjoint(checkpointing=True),
+                 InterpolatingAdjoint(), QuadratureAdjoint()):
         assert _marshal.unsupported_reason(mlp_problem(), Tsit5(), sens, Adaptive(), "cuda") is None
 
 
@@ -472,14 +651,35 @@ def test_dtype_and_backward_span_reasons():
 
 
 def test_every_valid_cpu_combination_is_supported():
-    sens = [Direct(), Forward(), Backsolve(), Checkpointed(), InterpolatingAdjoint(), QuadratureAdjoint(),
-            GaussAdjoint()]
+    sens = [Direct(), Forward(), Backsolve(), InterpolatingAdjoint(), QuadratureAdjoint(), GaussAdjoint()]
+    for solver, _ in SOLVER_CASES:
+        steps = ([Adaptive()] if solver.adaptive else []) + [Fixed(dt=0.1)]
+        for step in steps:
+            for s in sens + ([InterpolatingAdjoint(checkpointing=True)] if isinstance(step, Adaptive) else []):
+                for prob in (lotka_volterra(), mlp_problem()):
+                    assert _marshal.unsupported_reason(prob, solver, s, step) is None, (solver, s, step)
+                    assert _marshal.build_call(prob, solver, s, step).src
+
+
+def test_checkpointed_is_rejected_and_points_to_the_continuous_adjoint_it_would_be():
+    """Issue 12 item 6: Julia's checkpointed method is a continuous adjoint, so it is offered under the continuous
+    name (records: sensitivity 'interpolating', family 'otd', checkpointing=True), never as 'checkpointed'."""
     for solver, _ in SOLVER_CASES:
         step = Adaptive() if solver.adaptive else Fixed(dt=0.1)
-        for s in sens:
-            for prob in (lotka_volterra(), mlp_problem()):
-                assert _marshal.unsupported_reason(prob, solver, s, step) is None, (solver, s)
-                assert _marshal.build_call(prob, solver, s, step).src
+        reason = JuliaBackend().supports(lotka_volterra(), solver, Checkpointed(), step)
+        assert reason == _marshal.CHECKPOINTED_REASON
+    assert Checkpointed.family == "dto" and InterpolatingAdjoint.family == "otd"
+    assert JuliaBackend().supports(lotka_volterra(), Tsit5(), InterpolatingAdjoint(checkpointing=True), Adaptive()) is None
+    assert Checkpointed not in _marshal.SENSEALG_KINDS
+
+
+def test_checkpointed_interpolating_adjoint_with_fixed_steps_is_rejected():
+    """Issue 12 item 2: its checkpoint re-solves pass no dt/adaptive/tstops (src/interpolating_adjoint.jl)."""
+    for solver, _ in SOLVER_CASES:
+        reason = JuliaBackend().supports(lotka_volterra(), solver, InterpolatingAdjoint(checkpointing=True),
+                                         Fixed(dt=0.1))
+        assert reason == _marshal.CHECKPOINTED_FIXED_REASON
+        assert JuliaBackend().supports(lotka_volterra(), solver, InterpolatingAdjoint(), Fixed(dt=0.1)) is None
 
 
 # ------------------------------------------------------------------------------------------ backend object

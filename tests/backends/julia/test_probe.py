@@ -256,23 +256,32 @@ def _closed_form(problem):
     return loss, dy0, dp
 
 
-@pytest.mark.parametrize("sens_name", ["direct", "forward", "backsolve", "checkpointed", "interpolating",
-                                       "quadrature", "gauss"])
+SENS_OPTIONS = [("direct", {}), ("forward", {}), ("backsolve", {}), ("interpolating", {}),
+                ("interpolating", {"checkpointing": True}), ("quadrature", {}), ("gauss", {})]
+
+
+@pytest.mark.parametrize("sens_name,options", SENS_OPTIONS, ids=[f"{n}{o or ''}" for n, o in SENS_OPTIONS])
 @pytest.mark.julia
 @pytest.mark.skipif(JULIA_REASON is not None, reason=f"Julia backend unavailable: {JULIA_REASON}")
-def test_julia_gradient_matches_closed_form(sens_name):
+def test_julia_gradient_matches_closed_form(sens_name, options):
     _julia_ready()
     from crossode import Adaptive, Tsit5, sensitivity_from_name
     from crossode.backends.julia import JuliaBackend
 
     prob = _linear_problem()
-    prepared = JuliaBackend().prepare(prob, Tsit5(), sensitivity_from_name(sens_name), Adaptive(rtol=1e-10, atol=1e-12))
+    prepared = JuliaBackend().prepare(prob, Tsit5(), sensitivity_from_name(sens_name, **options),
+                                      Adaptive(rtol=1e-10, atol=1e-12))
     out = prepared.gradient()
     loss, dy0, dp = _closed_form(prob)
     assert out.loss == pytest.approx(loss, rel=1e-8)
     np.testing.assert_allclose(out.dy0, dy0, rtol=1e-6)
     np.testing.assert_allclose(out.dparams, dp, rtol=1e-6)
     assert out.stats.nfe_forward and out.stats.steps_accepted
+    # what Julia passes to solve is what Python says it passes (JuliaCall.solve_keywords mirrors _solve_kwargs)
+    assert prepared.info["julia_solve_keywords"] == ",".join(sorted(prepared.call.solve_keywords()))
+    assert prepared.info["julia_problem_keywords"] == ",".join(sorted(prepared.call.problem_keywords()))
+    if prepared.call.sensealg.continuous:
+        assert prepared.vjp != "auto"  # resolved once by CrossODE.build
 
 
 @pytest.mark.julia
