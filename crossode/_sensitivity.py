@@ -164,8 +164,8 @@ def mali_reconstruction(mean_squares, n_steps: int, eps: float, step, reconstruc
 
     ``drift = max over x in (z, v) of RMS(x0_rec - x0) / scale_x`` with ``scale_x = max(RMS(x0), atol / rtol)``
     for adaptive steps (the tolerances' own switch from relative to absolute error, so a zero start state is
-    measured absolutely) and ``RMS(x0)`` for fixed steps (``RMS(x_N)`` if the whole start is zero). The start state is the scale
-    because the gradient needs the states near ``t0`` right: an error small against a grown end state (``u' = 2u``
+    measured absolutely) and ``RMS(x0)`` for fixed steps (``RMS(x_N)`` if the whole start is zero). The start state
+    is the scale because the gradient needs the states near ``t0`` right: an error small against a grown end state (``u' = 2u``
     over ``[0, 10]``, ``u(10) = 5e8 u0``) can still be large against ``u0``. ``limit``: ``reconstruction_rtol``,
     or automatic as in :class:`MALI`. ``rule`` says which (for messages). NumPy/float arithmetic only.
     """

@@ -220,7 +220,7 @@ def _check_adjoint(a_z: torch.Tensor, a_v: torch.Tensor) -> None:
 
 
 def _drift_mean_squares(z_rec, z0, z, v_rec, v0, v, a_z, a_v) -> list[float]:
-    """The six mean squares :func:`crossode._sensitivity.mali_reconstruction` needs, and :func:`_check_adjoint`; one sync.
+    """The six mean squares :func:`crossode._sensitivity.mali_reconstruction` needs, and :func:`_check_adjoint`.
 
     ``(z_rec - z0, z0, z, v_rec - v0, v0, v)`` and the two adjoints, squared and averaged in one stacked
     reduction (float64 on CPU: the same numbers as separate means). A finite mean square of an adjoint implies
@@ -362,9 +362,9 @@ def mali_saved_summary(ys: torch.Tensor) -> dict | None:
     """What the MALI Function behind ``ys`` (an :func:`odeint_alf` output) keeps for the backward pass.
 
     Returns ``{'n_tensors', 'tensor_bytes', 'n_steps', 'grid_bytes', 'drift', 'drift_limit'}`` (tensors saved with
-    ``save_for_backward``, the float64 step grid, and the reconstruction test of :func:`crossode._sensitivity.mali_reconstruction`
-    once the backward pass has run, else ``None``), or ``None`` if ``ys`` was not produced through MALI. A
-    structural check that only the grid grows with the number of steps.
+    ``save_for_backward``, the float64 step grid, and the reconstruction test of
+    :func:`crossode._sensitivity.mali_reconstruction` once the backward pass has run, else ``None``), or ``None`` if
+    ``ys`` was not produced through MALI. A structural check that only the grid grows with the number of steps.
     """
     seen, stack = set(), [ys.grad_fn]
     while stack:
