@@ -51,7 +51,8 @@ STDERR_TAIL = 2000
 """Characters of a failed worker's stderr kept in the record's message."""
 
 STREAM_CHUNK = 1 << 22
-"""Bytes of a cell's stream file read per poll (the rest waits for the next poll)."""
+"""Bytes of a cell's stream file read per poll (the rest waits for the next poll): four times the longest line
+:func:`~crossode.sweep._worker.emit` writes, so every chunk that starts a complete line holds it."""
 
 STARTUP_LIMIT_S = 120.0
 """Seconds a worker may take to start (interpreter, framework import) before its cell begins; a cell's own limit

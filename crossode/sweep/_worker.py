@@ -42,7 +42,8 @@ import select
 import signal
 import sys
 
-__all__ = ["thread_env", "run_cell", "main", "emit", "FORK_BACKENDS", "DEFAULT_RUNNER", "STREAM_ENV"]
+__all__ = ["thread_env", "run_cell", "main", "emit", "FORK_BACKENDS", "DEFAULT_RUNNER", "STREAM_ENV",
+           "STREAM_LINE_MAX"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -54,6 +55,9 @@ dwarf the ~1 s a template would save, and Julia cells must never share an addres
 DEFAULT_RUNNER = "crossode.sweep._worker:run_cell"
 """``module:function`` that measures one cell dict and returns its record (tests substitute misbehaving ones)."""
 
+
+STREAM_LINE_MAX = 1 << 20
+"""Bytes one streamed line may have (the executor reads a cell's stream in chunks of four times this)."""
 
 STREAM_ENV = "CROSSODE_CELL_STREAM"
 """Environment variable naming the file a running cell's :func:`emit` lines go to (set by the executor)."""
@@ -71,7 +75,11 @@ def emit(obj: dict) -> bool:
     """Send one JSON-able dict to the executor while the cell runs; returns whether anyone listens.
 
     The line is appended to the cell's stream file with one ``write`` (no partial lines are read: the executor
-    only takes complete lines); outside a worker (no ``CROSSODE_CELL_STREAM``) it is dropped."""
+    only takes complete lines); outside a worker (no ``CROSSODE_CELL_STREAM``) it is dropped. Raises
+    :class:`ValueError` for a line over :data:`STREAM_LINE_MAX` bytes (send large data in the cell's record)."""
+    line = _line(obj)
+    if len(line) > STREAM_LINE_MAX:
+        raise ValueError(f"a streamed line has {len(line)} bytes, more than the {STREAM_LINE_MAX} allowed")
     if _STREAM["sink"] is not None:
         _STREAM["sink"](obj)
         return True
@@ -83,7 +91,7 @@ def emit(obj: dict) -> bool:
             os.close(_STREAM["fd"])
         _STREAM["fd"] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         _STREAM["path"] = path
-    _write_all(_STREAM["fd"], _line(obj))
+    _write_all(_STREAM["fd"], line)
     return True
 
 
