@@ -4,7 +4,7 @@ One jitted program per trainer does a whole step: the backend's gradient program
 and step control (the same ``diffeqsolve`` / ALF / MALI code as :meth:`DiffraxBackend.prepare`), on a mini-batch of
 fixed size (``y0`` rows and their loss data are arguments, so every step reuses one compiled program), the gradient
 norm, and ``optax.adam(lr, b1, b2, eps)`` (``eps_root = 0``, as ``torch.optim.Adam``). It returns the new parameters
-and optimizer state and ONE packed float64 vector ``[loss, grad_norm, code, steps, accepted, rejected, (drift, ...)]``
+and optimizer state and ONE packed float64 vector ``[loss, grad_norm, code, steps, accepted, rejected, (MALI's six mean squares, ...)]``
 (one device-to-host transfer per step). The program is compiled ahead of time in the constructor (``compile_s``);
 its XLA temporary size is the step's memory on CPU.
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from ..._errors import UnsupportedError
 from ..._record import SolverFailure
-from ..._sensitivity import MALI
+from ..._sensitivity import MALI, mali_reconstruction, mali_reconstruction_failure
 from ...train._protocol import Adam, StepOutput, check_batch_size, select_rows
 from ._backend import DiffraxBackend, _decode_runtime_error
 
@@ -54,7 +54,6 @@ class JaxTrainer:
         self.versions = backend.versions()
         prep = self._prep = backend.prepare(problem, solver, sensitivity, step, device=device, dtype=dtype)
         self._mali = isinstance(sensitivity, MALI)
-        self._rtol = sensitivity.reconstruction_rtol if self._mali else None
         self._y0_all = prep.y0
         self._data_all = prep.loss_data
         self._p = prep.params
@@ -120,11 +119,12 @@ class JaxTrainer:
             prep._fail(int(info[0]))
         if not (np.isfinite(loss) and np.isfinite(norm)):
             raise SolverFailure("diverged", f"the loss ({loss:g}) or the gradient norm ({norm:g}) is non-finite")
-        if self._mali:
-            drift = float(out[6])
-            if not drift <= self._rtol:
-                raise SolverFailure("reconstruction_error", f"MALI: the reconstructed initial state drifted by "
-                                                            f"{drift:.3g} (relative) > reconstruction_rtol={self._rtol:g}")
+        if self._mali:  # the shared rule, as DiffraxBackend.gradient
+            n_acc = int(info[2])
+            drift = mali_reconstruction(out[6:12], n_acc, float(jnp.finfo(prep.dtype).eps), prep.step,
+                                        prep.sensitivity.reconstruction_rtol)
+            if not drift[0] <= drift[1]:
+                raise mali_reconstruction_failure(*drift, n_acc, prep.solver.eta)
         self._p, self._state = p, state  # only a step whose gradient is valid is taken
         return StepOutput(loss=loss, grad_norm=norm, stats=prep._stats(info, gradient=True))
 
