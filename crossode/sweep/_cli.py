@@ -68,6 +68,10 @@ def compare_config(args) -> int:
     if not out:
         raise InvalidInputError("no results file: set `output` in the config or pass --out.")
     executor = make_executor(args, config)
+    if getattr(args, "taylor", False):
+        import dataclasses
+
+        config.cells = [dataclasses.replace(c, taylor=True) for c in config.cells]
     if config.dropped:
         shown = "; ".join(config.dropped[:3]) + (f"; ... ({len(config.dropped) - 3} more)" if len(config.dropped) > 3
                                                  else "")

@@ -160,7 +160,7 @@ def run_cell(data: dict):
     _pin_torch(cell.threads)
     rec = measure(problem, cell.backend, solver, sens, step, device=cell.device, dtype=cell.dtype,
                   repeats=cell.repeats, save_gradients=cell.save_gradients, with_reference=cell.with_reference,
-                  tags=cell.record_tags())
+                  tags=cell.record_tags(), taylor=cell.taylor)
     rec.threads = cell.threads
     rec.tags["process_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return rec

@@ -8,7 +8,7 @@
   local or Dask executor), each run streaming one ``train_iteration`` record per iteration into the fsynced JSONL
   results file as it trains and a ``train_run`` record when it ends (schema: :mod:`crossode.train._records`);
 - :func:`make_trainer` is the protocol to each backend's optimizer (``torch.optim.Adam``, ``optax.adam``): a public
-  ``make_trainer`` in the backend's package (:mod:`crossode.train._protocol`);
+  ``make_trainer`` in the backend's package (:mod:`crossode._training`);
 - :func:`load_training` reads results into pandas DataFrames; ``crossode report`` on a training results file draws
   the training figures (:mod:`crossode.train._report`).
 
@@ -19,7 +19,7 @@ matplotlib.
 
 from ._config import TrainConfig as TrainConfig, load_train_config as load_train_config
 from ._config import train_config_from_dict as train_config_from_dict
-from ._protocol import Adam as Adam, StepOutput as StepOutput, Trainer as Trainer, make_trainer as make_trainer
+from .._training import Adam as Adam, StepOutput as StepOutput, Trainer as Trainer, make_trainer as make_trainer
 from ._run import train as train
 from ._workloads import Workload as Workload, build_workload as build_workload
 

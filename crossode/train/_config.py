@@ -61,7 +61,7 @@ from .._registry import BACKENDS
 from .._sensitivity import check_pair
 from ..sweep._config import (DEFAULT_TIMEOUT, Cell, _canon, _executor, _list, _methods, _numbers, _posint,
                              _resources, _steps, _str, cell_resources)
-from ._protocol import Adam
+from .._training import Adam
 from ._workloads import build_workload
 
 __all__ = ["TrainConfig", "load_train_config", "train_config_from_dict", "MAX_RUNS"]

@@ -82,7 +82,7 @@ def run_training(data: dict) -> Record:
     from .._solvers import solver_from_name
     from ..sweep._config import Cell, build_step
     from ..sweep._worker import _pin_torch, emit
-    from ._protocol import Adam, make_trainer
+    from .._training import Adam, make_trainer
     from ._workloads import build_workload
 
     cell = Cell.from_json(data)

@@ -358,3 +358,15 @@ def test_inline_executor_streams_too(runners, monkeypatch):
     out = list(InlineExecutor(runner=runners).run(cells, on_output=lambda c, obj: seen.append((c.key, obj["i"]))))
     assert out[0][1].status == "ok" and seen == [(cells[0].key, 0), (cells[0].key, 1)]
     assert "_runners" in _sys.modules
+
+
+def test_taylor_cells_carry_the_metric_through_a_worker_and_the_report(tmp_path):
+    from crossode.sweep import write_report
+
+    cfg = config_from_dict({"problems": ["exponential_decay"], "rtol": [1e-6], "repeats": 1,
+                            "grid": [{"taylor": True}, {"solvers": ["tsit5"]}]})
+    recs = run_sweep(cfg.cells, tmp_path / "r.jsonl", executor=LocalExecutor(), progress=False, summary=False)
+    assert [r.taylor_status for r in recs] == ["consistent", None]
+    assert recs[0].taylor_slope > 1.7 and recs[0].taylor["used"]
+    md = open(write_report(tmp_path / "r.jsonl", tmp_path / "rep")).read()
+    assert "Taylor slope" in md and f"{recs[0].taylor_slope:.2f}" in md

@@ -26,7 +26,7 @@ import numpy as np
 from ..._errors import UnsupportedError
 from ..._record import SolverFailure
 from ..._sensitivity import MALI, mali_reconstruction, mali_reconstruction_failure
-from ...train._protocol import Adam, StepOutput, check_batch_size, select_rows
+from ..._training import Adam, StepOutput, check_batch_size, select_rows
 from ._backend import DiffraxBackend, _decode_runtime_error
 
 __all__ = ["JaxTrainer", "make_trainer"]
@@ -167,7 +167,7 @@ class JaxTrainer:
 def make_trainer(problem, solver, sensitivity, step, *, device: str = "cpu", dtype: str = "float64",
                  optimizer: Adam | None = None, batch_size: int | None = None) -> JaxTrainer:
     """A :class:`crossode.train.Trainer` on the JAX backend (Diffrax; crossode's ALF/MALI) with ``optax.adam`` (see
-    :mod:`crossode.train._protocol`); raises :class:`~crossode.UnsupportedError` for combinations the backend does
+    :mod:`crossode._training`); raises :class:`~crossode.UnsupportedError` for combinations the backend does
     not run."""
     return JaxTrainer(problem, solver, sensitivity, step, device=device, dtype=dtype, optimizer=optimizer,
                       batch_size=batch_size)

@@ -13,7 +13,7 @@ import torch
 
 from ..._record import SolverFailure, Stats
 from ..._sensitivity import Direct
-from ...train._protocol import Adam, StepOutput, check_batch_size, select_rows
+from ..._training import Adam, StepOutput, check_batch_size, select_rows
 from ._backend import TorchBackend
 
 __all__ = ["TorchTrainer", "make_trainer"]
@@ -82,7 +82,7 @@ class TorchTrainer:
 def make_trainer(problem, solver, sensitivity, step, *, device: str = "cpu", dtype: str = "float64",
                  optimizer: Adam | None = None, batch_size: int | None = None) -> TorchTrainer:
     """A :class:`crossode.train.Trainer` on crossode's PyTorch solvers with ``torch.optim.Adam`` (see
-    :mod:`crossode.train._protocol`); raises :class:`~crossode.UnsupportedError` for combinations the backend does
+    :mod:`crossode._training`); raises :class:`~crossode.UnsupportedError` for combinations the backend does
     not run."""
     return TorchTrainer(problem, solver, sensitivity, step, device=device, dtype=dtype, optimizer=optimizer,
                         batch_size=batch_size)

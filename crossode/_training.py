@@ -1,4 +1,8 @@
-"""The small protocol between the training runs and each backend: optimizer settings, one step's output, the trainer.
+"""The neutral training protocol between crossode and each backend: optimizer settings, one step's output, the trainer.
+
+Used by ``crossode train`` (:mod:`crossode.train`) and by the Taylor test of ``compare --taylor``
+(:func:`crossode._harness.measure`; :meth:`Trainer.solve` evaluates the solver's loss at other parameters without
+rebuilding the cell).
 
 A backend package that can train exposes a public ``make_trainer`` function (``crossode.backends.torch.make_trainer``,
 ``crossode.backends.jax.make_trainer``; a plugin backend: in the module of its entry point) with the signature of
@@ -17,8 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .._errors import InvalidInputError, UnsupportedError
-from .._record import Stats
+from ._errors import InvalidInputError, UnsupportedError
+from ._record import Stats
 
 __all__ = ["Adam", "StepOutput", "Trainer", "make_trainer", "trainer_factory", "per_row_data", "select_rows",
            "check_batch_size"]
@@ -118,7 +122,7 @@ def trainer_factory(backend: str):
     """The ``make_trainer`` function of ``backend``'s package (the module of its registry target), importing the
     framework now; raises :class:`~crossode.BackendUnavailableError` when the backend cannot load here and
     :class:`~crossode.UnsupportedError` when it has no training support."""
-    from .._registry import BACKENDS, get_backend
+    from ._registry import BACKENDS, get_backend
 
     get_backend(backend)  # unavailable -> BackendUnavailableError with the reason
     module = importlib.import_module(BACKENDS[backend].target.split(":")[0])
