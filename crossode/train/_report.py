@@ -471,5 +471,8 @@ def write_training_report(paths, out_dir=None, title: str | None = None) -> str:
     for col in ("versions", "threads"):
         if col not in footer_df:
             footer_df[col] = None
+    # runs killed mid-way (no run record) have no versions and tags of their own
+    footer_df["versions"] = footer_df["versions"].map(lambda v: v if isinstance(v, dict) else {})
+    footer_df["tags"] = footer_df["tags"].map(lambda v: v if isinstance(v, dict) else {})
     blocks += [("h2", "Reproducibility"), ("kv", _footer(footer_df))]
     return _write_docs(out_dir, blocks)

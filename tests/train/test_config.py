@@ -112,3 +112,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(write_train, body, args, match):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_importing_and_loading_a_config_imports_no_framework(write_train):
+    import subprocess
+    import sys
+
+    path = write_train('[workload]\nkind = "spiral"\n[[runs]]\nbackends = ["torch", "jax"]\n'
+                       'methods = [["rk4", "direct"]]\ndt = 0.05\n')
+    code = ("import sys, crossode.train as t; t.load_train_config(sys.argv[1]); "
+            "print(sorted(m for m in ('torch', 'jax', 'optax', 'pandas', 'matplotlib') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

@@ -45,3 +45,21 @@ def test_a_sweep_results_file_is_not_a_training_file(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"problem": "linear", "backend": "reference", "status": "ok"}\n')
     assert not is_training_file(path)
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_is_reported_incomplete(spiral_run, tmp_path):
+    import json
+
+    from .conftest import records
+
+    _, out, _ = spiral_run
+    recs = records(out)
+    cut = [r for r in recs if not (r["kind"] == "train_run" and r["backend"] == "jax")]
+    path = tmp_path / "killed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in cut))
+    runs, _ = load_training(path)
+    assert set(runs["status"]) == {"ok", "max_steps", "incomplete"}
+    p = crossode("report", path, "--out", tmp_path / "rep", timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "incomplete" in (tmp_path / "rep" / "report.md").read_text()
