@@ -150,7 +150,8 @@ def _finish(fig, axes, path, top_note=None):
                 labels.append(lab)
     bottom = 0.04
     if labels:
-        ncol = min(len(labels), 3)
+        width = fig.get_figwidth()  # columns that fit: about 3.6 inches per label
+        ncol = max(1, min(len(labels), 3, int(width // 3.6)))
         fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=ncol, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
         rows = (len(labels) + ncol - 1) // ncol
@@ -217,7 +218,7 @@ def fig_lines(runs, its, path, styles, y_cols, titles, ylabels, log=True):
     cols = [c for c in y_cols if c in its and its[c].notna().any()]
     if its.empty or not cols:
         return None
-    fig, axes = plt.subplots(1, len(cols), figsize=(max(6.5, 5.5 * len(cols)), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(cols), figsize=(max(11.0, 5.5 * len(cols)), 4.2), squeeze=False)
     axes = axes.ravel()
     for ax, col in zip(axes, cols):
         for row, g in _per_run(runs, its):
@@ -368,10 +369,8 @@ def runs_table(runs, its):
     out = []
     for row, g in _per_run(runs, its):
         target, metric = row.get("target"), row.get("target_metric") or "loss"
-        if target is None or target != target:
-            reach = None
-        else:
-            reach = time_to_target(g, metric, float(target)) if not g.empty else (None, None)
+        has_target = target is not None and target == target
+        reach = time_to_target(g, metric, float(target)) if has_target and not g.empty else None
         t = row.get("time_per_iteration_s")
         mb = row.get("peak_memory_bytes")
         d = {"run": row["run"], "backend": row["backend"], "method": row["method"], "step": row["step"],
@@ -381,13 +380,13 @@ def runs_table(runs, its):
             d[m[5:]] = _f(row.get(m))
         d.update({"train s": _f(row.get("wall_s"), ".3g"),
                   "ms/iter": _f(None if t is None or t != t else 1e3 * t, ".3g"),
-                  f"s to {metric} <= {_f(target, 'g')}" if reach is not None else "s to target":
+                  f"s to {metric} <= {_f(target, 'g')}" if has_target else "s to target":
                       ("not reached" if reach == (None, None) else f"{reach[0]:.3g} (it {reach[1]})")
                       if reach is not None else "–",
                   "compile s": _f(row.get("compile_s"), ".3g"),
                   "NFE f/b": f"{_f(row.get('nfe_forward'), '.0f')}/{_f(row.get('nfe_backward'), '.0f')}",
                   "peak MB": _f(None if mb is None or mb != mb else mb / 1e6, ".3g"),
-                  "memory": row.get("memory_kind") or "–",
+                  "memory": row.get("memory_kind") if isinstance(row.get("memory_kind"), str) else "–",
                   "note": "" if row["status"] == "ok" else str(row.get("message") or "")[:120]})
         out.append(d)
     return pd.DataFrame(out)
