@@ -434,6 +434,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """``crossode report``: the sweep report, or the training report for ``crossode train`` results."""
+    from .sweep import _cli as sweep_cli
+    from .train._report import is_training_file, write_training_report
+
+    sweep_cli.check_results(args.results)
+    return sweep_cli.cmd_report(args, write=write_training_report if is_training_file(args.results) else None)
+
+
 def cmd_julia_setup(args) -> int:
     """Install Julia and the Julia packages through juliapkg (needs internet) and precompile."""
     try:
@@ -478,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
-    sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
+    sweep_cli.add_report_parser(sub, cmd_report)
     from .check import _cli as check_cli
 
     check_cli.add_check_parser(sub)

@@ -8,7 +8,7 @@ import sys
 
 from .._errors import InvalidInputError
 
-__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "add_sweep_arguments", "add_report_parser",
+__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "check_results", "add_sweep_arguments", "add_report_parser",
            "make_executor"]
 
 # one-cell flags of `compare` that a config replaces, with their parser defaults
@@ -148,18 +148,24 @@ def add_report_parser(sub, func) -> None:
     r.set_defaults(func=func)
 
 
-def cmd_report(args) -> int:
-    """``crossode report results.jsonl [--out DIR]``."""
-    from ._report import write_report
-
-    for path in args.results:
+def check_results(paths) -> None:
+    """Each results file exists and is a regular file; raises :class:`InvalidInputError` naming it."""
+    for path in paths:
         if os.path.isdir(path):
             raise InvalidInputError(f"results file {path!r} is a directory; give the JSONL file(s) in it.")
         if not os.path.exists(path):
             raise InvalidInputError(f"results file {path!r} does not exist.")
         if not os.path.isfile(path):
             raise InvalidInputError(f"results file {path!r} is not a regular file.")
-    report = write_report(args.results, args.out, title=args.title)
+
+
+def cmd_report(args, write=None) -> int:
+    """``crossode report results.jsonl [--out DIR]``; ``write``: the report writer (default: the sweep report's
+    :func:`~crossode.sweep.write_report`; the command line passes the training report's for training results)."""
+    check_results(args.results)
+    if write is None:
+        from ._report import write_report as write
+    report = write(args.results, args.out, title=args.title)
     directory = os.path.dirname(report)
     print(f"report: {report}  (also report.html, tables/*.md|csv, figures/*.png in {directory})", file=sys.stdout)
     return 0

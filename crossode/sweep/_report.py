@@ -563,15 +563,11 @@ def _reference_note(df) -> str:
 def write_report(paths, out_dir=None, title: str | None = None) -> str:
     """Write ``tables/``, ``figures/``, ``report.md`` and ``report.html`` for results file(s); returns report.md.
 
-    ``out_dir`` defaults to ``<stem of the first file>_report`` next to it. Training results files
-    (``crossode train``) get the training report (:func:`crossode.train._report.write_training_report`).
+    ``out_dir`` defaults to ``<stem of the first file>_report`` next to it (training results files have their own
+    report: :func:`crossode.train._report.write_training_report`; ``crossode report`` picks it).
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     paths = [os.fspath(p) for p in paths]
-    from ..train._report import is_training_file, write_training_report
-
-    if is_training_file(paths):
-        return write_training_report(paths, out_dir, title=title)
     if out_dir is None:
         out_dir = os.path.splitext(paths[0])[0] + "_report"
     out_dir = os.fspath(out_dir)

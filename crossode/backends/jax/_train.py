@@ -1,4 +1,4 @@
-"""Training on the JAX backend: the :class:`crossode.train.Trainer` protocol with ``optax.adam``.
+"""Training on the JAX backend: the :class:`crossode._training.Trainer` protocol with ``optax.adam``.
 
 One jitted program per trainer does a whole step: the backend's gradient program of the run's solver, sensitivity
 and step control (the same ``diffeqsolve`` / ALF / MALI code as :meth:`DiffraxBackend.prepare`), on a mini-batch of
@@ -166,7 +166,7 @@ class JaxTrainer:
 
 def make_trainer(problem, solver, sensitivity, step, *, device: str = "cpu", dtype: str = "float64",
                  optimizer: Adam | None = None, batch_size: int | None = None) -> JaxTrainer:
-    """A :class:`crossode.train.Trainer` on the JAX backend (Diffrax; crossode's ALF/MALI) with ``optax.adam`` (see
+    """A :class:`crossode._training.Trainer` on the JAX backend (Diffrax; crossode's ALF/MALI) with ``optax.adam`` (see
     :mod:`crossode._training`); raises :class:`~crossode.UnsupportedError` for combinations the backend does
     not run."""
     return JaxTrainer(problem, solver, sensitivity, step, device=device, dtype=dtype, optimizer=optimizer,

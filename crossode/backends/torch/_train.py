@@ -1,4 +1,4 @@
-"""Training on the PyTorch backend: the :class:`crossode.train.Trainer` protocol with ``torch.optim.Adam``.
+"""Training on the PyTorch backend: the :class:`crossode._training.Trainer` protocol with ``torch.optim.Adam``.
 
 The parameters are one ``nn.Parameter`` (the problem's flat layout, initialised from ``problem.params``); each step
 solves the mini-batch with the run's solver, sensitivity and step control through the backend's own solve (the same
@@ -81,7 +81,7 @@ class TorchTrainer:
 
 def make_trainer(problem, solver, sensitivity, step, *, device: str = "cpu", dtype: str = "float64",
                  optimizer: Adam | None = None, batch_size: int | None = None) -> TorchTrainer:
-    """A :class:`crossode.train.Trainer` on crossode's PyTorch solvers with ``torch.optim.Adam`` (see
+    """A :class:`crossode._training.Trainer` on crossode's PyTorch solvers with ``torch.optim.Adam`` (see
     :mod:`crossode._training`); raises :class:`~crossode.UnsupportedError` for combinations the backend does
     not run."""
     return TorchTrainer(problem, solver, sensitivity, step, device=device, dtype=dtype, optimizer=optimizer,
