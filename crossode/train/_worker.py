@@ -136,7 +136,8 @@ def run_training(data: dict) -> Record:
     n_iter, every = int(settings["iterations"]), int(settings["eval_every"])
     batches = minibatches(int(settings["seed"]), problem.batch or 1, settings["batch_size"], n_iter)
 
-    metrics = workload.evaluate(init)
+    method = (solver, step)
+    metrics = workload.evaluate(init, method)
     send(iteration=0, loss=None, grad_norm=None, wall_s=0.0, time_s=None, status="ok", message="",
          eval={k: _clean(v) for k, v in metrics.items()})
     rss = _RSS()
@@ -173,7 +174,7 @@ def run_training(data: dict) -> Record:
             peak = max(peak, mem)
         metrics = None
         if k % every == 0 or k == n_iter:
-            metrics = {m: _clean(v) for m, v in workload.evaluate(trainer.params()).items()}
+            metrics = {m: _clean(v) for m, v in workload.evaluate(trainer.params(), method).items()}
             summary["eval"] = metrics
         last = out
         summary["iterations"] = k

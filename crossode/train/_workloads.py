@@ -17,6 +17,15 @@ Kinds:
   flow: DOP853 at rtol 1e-10) and ``extrapolation_error``, the relative L2 error ``||U - U_true||_F / ||U_true||_F``
   of that flow against the true system at ``n_extrapolate = 120`` equispaced times of ``[0, extrapolate_t1 = 6]``.
   Artifact: the extrapolated trajectory (for the report's phase-plane figure).
+- ``cnf2d``: an FFJORD-style continuous normalizing flow on a 2-D toy density (:func:`crossode.problems.cnf_problem`,
+  exact trace): ``dataset`` (``two_moons``, ``8gaussians``, ``checkerboard``), ``n_train`` training samples (the
+  batch the mini-batches are drawn from), a time-input MLP of ``depth`` hidden layers of ``width`` (``activation``,
+  default softplus), ``t1``. Metrics, the same for every run (:mod:`crossode.cnf`: PyTorch dopri5 at rtol 1e-7,
+  atol 1e-9, tighter than any training setting): ``test_nll`` on ``n_test`` held-out samples (another seed) and
+  ``invertibility_error`` ``||f^-1(f(x)) - x||_F / n`` on ``n_invertibility`` of them; ``invertibility_error_train``:
+  the same with the run's own solver and step control (Onken & Ruthotto's point: a coarse discrete flow is not
+  invertible). Artifact: the learned density
+  on a ``grid`` x ``grid`` grid of ``[-extent, extent]^2`` beside a histogram of the held-out data.
 - ``problem``: any batched or single zoo problem or problem file whose loss has data (``problem = "mlp_fit"``,
   ``{ name = "spiral_fit", overrides = {...} }`` or ``{ file = "p.toml" }``). Metric: ``eval_loss`` on the exact flow
   (DOP853 rtol 1e-10, or Radau for problems marked stiff).
@@ -41,7 +50,8 @@ EVAL_RTOL, EVAL_ATOL = 1e-10, 1e-12
 @dataclasses.dataclass
 class Workload:
     """A built workload: ``problem`` (the training problem with all the data; its ``params`` are the initial
-    parameters), ``evaluate(params) -> {metric: value | None}``, ``artifacts(params) -> dict`` (small arrays for the
+    parameters), ``evaluate(params, method=None) -> {metric: value | None}`` (``method``: the run's ``(solver,
+    step)``, for metrics of the training discretisation), ``artifacts(params) -> dict`` (small arrays for the
     report, computed once at the end of a run), ``metrics`` (name -> one-line description) and the metric whose
     target the report's time-to-target uses by default."""
 
@@ -136,7 +146,7 @@ def _spiral(opts: dict) -> Workload:
     def flow(params):
         return exact_flow(problem, params, t_all, tspan=(0.0, float(t_all[-1])))
 
-    def evaluate(params):
+    def evaluate(params, method=None):
         ys = flow(params)
         if ys is None:
             return {"eval_loss": None, "extrapolation_error": None}
@@ -183,7 +193,7 @@ def _problem(opts: dict, base_dir: str) -> Workload:
         raise InvalidInputError(f"workload problem {problem.name!r} has a {problem.loss.kind!r} loss; training needs "
                                 "data (kind = 'mse').")
 
-    def evaluate(params):
+    def evaluate(params, method=None):
         ys = exact_flow(problem, params, problem.saveat)
         return {"eval_loss": None if ys is None else problem.loss.value(ys)}
 
@@ -191,7 +201,75 @@ def _problem(opts: dict, base_dir: str) -> Workload:
                     {"eval_loss": "the training loss on the model's exact flow (SciPy, rtol 1e-10)"})
 
 
-WORKLOAD_KINDS = {"spiral": _spiral, "problem": _problem}
+# ----------------------------------------------------------------------------------------------------- cnf2d
+
+
+def _cnf2d(opts: dict) -> Workload:
+    from .. import cnf, datasets
+    from ..problems import cnf_problem
+
+    dataset = opts.pop("dataset", "two_moons")
+    if dataset not in datasets.DATASETS:
+        raise InvalidInputError(f"`workload.dataset` must be one of {fmt_choices(datasets.DATASETS)}; got "
+                                f"{dataset!r}.")
+    n_train = _opt_number(opts, "n_train", 4096, integer=True, hi=1_000_000)
+    n_test = _opt_number(opts, "n_test", 2048, integer=True, hi=1_000_000)
+    n_inv = _opt_number(opts, "n_invertibility", 512, integer=True, hi=1_000_000)
+    grid = _opt_number(opts, "grid", 60, integer=True, hi=400)
+    width = _opt_number(opts, "width", 64, integer=True, hi=10_000)
+    depth = _opt_number(opts, "depth", 3, integer=True, hi=16)
+    seed = _opt_number(opts, "seed", 0, lo=0, hi=2**32 - 1)
+    data_seed = _opt_number(opts, "data_seed", 0, lo=0, hi=2**32 - 2)
+    t1 = _opt_number(opts, "t1", 1.0, positive=True)
+    activation = opts.pop("activation", "softplus")
+    lim = _opt_number(opts, "extent", 4.0, positive=True)
+    _no_more("cnf2d", opts)
+    if n_inv > n_test:
+        raise InvalidInputError(f"`workload.n_invertibility` ({n_inv}) must not exceed `n_test` ({n_test}).")
+    problem = cnf_problem(dataset, batch=int(n_train), widths=[2] + [int(width)] * int(depth) + [2],
+                          activation=activation, seed=int(seed), data_seed=int(data_seed), t1=float(t1),
+                          name=f"cnf2d_{dataset}")
+    test = datasets.sample(dataset, int(n_test), seed=int(data_seed) + 1)  # held out: another seed
+    kw = {"backend": "torch", "chunk": 2048}  # the same tight dopri5 (cnf.EVAL_STEP) for every run
+
+    def evaluate(params, method=None):
+        p = problem.remake(params=np.asarray(params, dtype=np.float64))
+        out = {}
+        try:
+            out["test_nll"] = cnf.nll(p, test, **kw)
+        except Exception:  # noqa: BLE001 - a model whose flow fails has no metric
+            out["test_nll"] = None
+        try:
+            out["invertibility_error"] = cnf.invertibility_error(p, test[:n_inv], **kw)
+        except Exception:  # noqa: BLE001
+            out["invertibility_error"] = None
+        if method is not None:  # the same test with the run's own solver and step control (torch)
+            try:
+                out["invertibility_error_train"] = cnf.invertibility_error(p, test[:n_inv], backend="torch",
+                                                                           solver=method[0], step=method[1])
+            except Exception:  # noqa: BLE001
+                out["invertibility_error_train"] = None
+        return out
+
+    def artifacts(params):
+        p = problem.remake(params=np.asarray(params, dtype=np.float64))
+        ext = (-lim, lim)
+        try:
+            _, _, logp = cnf.density_grid(p, xlim=ext, ylim=ext, n=int(grid), **kw)
+            img = np.exp(logp).tolist()
+        except Exception:  # noqa: BLE001
+            img = None
+        hist, _, _ = np.histogram2d(test[:, 1], test[:, 0], bins=int(grid), range=[ext, ext], density=True)
+        return {"density": {"p": img, "data": hist.tolist(), "extent": [-lim, lim, -lim, lim]}}
+
+    return Workload("cnf2d", problem, problem.description, evaluate, artifacts, {
+        "test_nll": f"held-out negative log-likelihood (nats) of {n_test} fresh samples, dopri5 rtol 1e-7 atol 1e-9",
+        "invertibility_error": f"||f^-1(f(x)) - x||_F / n of {n_inv} held-out samples, the same tight dopri5",
+        "invertibility_error_train": "the same with the run's own solver and step control (PyTorch)",
+    }, target_metric="test_nll")
+
+
+WORKLOAD_KINDS = {"spiral": _spiral, "problem": _problem, "cnf2d": _cnf2d}
 """Workload builders by ``kind``."""
 
 
