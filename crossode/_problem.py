@@ -64,10 +64,11 @@ class Loss:
       states, not a mean);
     - ``kind="cnf_nll"``: the negative log-likelihood of a continuous normalizing flow (:class:`~crossode.CNFRHS`,
       state ``[x, logp]``, ``d = n_states - 1``) under a standard normal base, averaged over the batch ``B``, on
-      the last saved state ``[z, logp(t1)]`` (``logp(t0) = 0``):
-      ``L = d/2 log(2 pi) + 1/B sum_b (1/2 ||z_b||^2 + logp_b(t1))``. With ``logp' = -tr(dg/dx)``,
-      ``logp(t1) = -int tr`` and ``log p_x(x) = log N(z(t1)) - logp(t1)`` (FFJORD's ``logpx = logpz - delta_logp``),
-      so ``L = -mean_b log p_x(x_b)``. No data.
+      the last saved state ``[z, logp(t1)]``:
+      ``L = d/2 log(2 pi) + 1/B sum_b (1/2 ||z_b||^2 + logp_b(t1))``. With ``logp' = -tr(dg/dx)`` and FFJORD's
+      ``logp(t0) = 0``, ``logp(t1) = -int tr`` and ``log p_x(x) = log N(z(t1)) - logp(t1)`` (FFJORD's
+      ``logpx = logpz - delta_logp``), so ``L = -mean_b log p_x(x_b)``. A nonzero ``logp(t0) = c_b`` only adds
+      ``mean_b c_b`` (so ``dL/dlogp_b(t0) = 1/B`` and finite differences in ``y0`` stay valid). No data.
 
     ``weights``/``targets`` have the shape of ``ys``, or ``(len(saveat), n_states)`` for a batch (the same data for
     every trajectory); the :class:`Problem` checks the shape. :meth:`apply` is the single implementation every backend
@@ -305,9 +306,6 @@ class Problem:
             if not getattr(self.rhs, "is_cnf", False):
                 raise InvalidInputError("`loss.kind = 'cnf_nll'` needs a CNF field (CNFRHS, a [cnf] table): its last "
                                         f"state is the log-density change; got {type(self.rhs).__name__}.")
-            if np.any(self.y0[..., -1] != 0.0):
-                raise InvalidInputError("`loss.kind = 'cnf_nll'` needs logp(t0) = 0: the last entry of every y0 row "
-                                        "(the log-density change) must be 0.")
 
     # -- convenience -------------------------------------------------------------------------------------
 
