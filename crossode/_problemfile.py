@@ -217,7 +217,11 @@ def _cnf(data: dict, y0):
             raise InvalidInputError("give `y0` (or `y0_file`) or `cnf.dataset`, not both.")
         if rhs.dims != 2:
             raise InvalidInputError(f"`cnf.dataset` densities are 2-D: `cnf.widths` must start with 2; got {rhs.dims}.")
-        x = datasets.sample(c["dataset"], _integer(c, "samples", 256, "cnf"), _integer(c, "data_seed", 0, "cnf"))
+        samples = _integer(c, "samples", 256, "cnf")
+        if not 1 <= samples <= MAX_STATE_ENTRIES // rhs.n_states:
+            raise InvalidInputError(f"`cnf.samples` must be in [1, {MAX_STATE_ENTRIES // rhs.n_states}] (each sample "
+                                    f"is a state of {rhs.n_states} numbers); got {samples}.")
+        x = datasets.sample(c["dataset"], samples, _integer(c, "data_seed", 0, "cnf"))
     elif given:
         raise InvalidInputError(f"{', '.join(f'`cnf.{k}`' for k in given)} need `cnf.dataset`.")
     else:
@@ -228,8 +232,9 @@ def _cnf(data: dict, y0):
         if x.ndim not in (1, 2) or x.shape[-1] != rhs.dims:
             raise InvalidInputError(f"with [cnf], `y0` holds the samples x: shape ({rhs.dims},) or (batch, "
                                     f"{rhs.dims}) for widths starting with {rhs.dims}; got shape {x.shape}.")
-    if x.size > MAX_STATE_ENTRIES:
-        raise InvalidInputError(f"`y0` has {x.size} entries; at most {MAX_STATE_ENTRIES} are allowed.")
+    if x.size // rhs.dims * rhs.n_states > MAX_STATE_ENTRIES:
+        raise InvalidInputError(f"`y0` holds {x.size // rhs.dims} samples; with the log-density entry at most "
+                                f"{MAX_STATE_ENTRIES // rhs.n_states} are allowed.")
     return rhs, np.concatenate([x, np.zeros((*x.shape[:-1], 1))], axis=-1)
 
 
