@@ -36,7 +36,8 @@ Schema (see the README for examples)::
                                       # y0 holds x only: the log-density state logp(t0) = 0 is appended
 
     [loss]
-    kind = "sum_squares"              # default ("cnf_nll" with [cnf]); or "linear" with weights = [[...], ...] (len(saveat) x n_states)
+    kind = "sum_squares"              # default ("cnf_nll" with [cnf]); or "linear" with weights = [[...], ...]
+                                      # (len(saveat) x n_states)
                                       # or "mse" with targets = [[...], ...] (len(saveat) x n_states, or
                                       # len(saveat) x batch x n_states)
     # targets_file = "d.npz"          # instead of targets: array "targets" (weights_file: array "weights")
@@ -228,7 +229,8 @@ def _cnf(data: dict, y0):
         try:
             x = np.array(y0, dtype=np.float64)
         except (TypeError, ValueError):
-            raise InvalidInputError(f"with [cnf], `y0` must hold the samples x as numbers (batch, {rhs.dims}).") from None
+            raise InvalidInputError(f"with [cnf], `y0` must hold the samples x as numbers (batch, {rhs.dims}).") \
+                from None
         if x.ndim not in (1, 2) or x.shape[-1] != rhs.dims:
             raise InvalidInputError(f"with [cnf], `y0` holds the samples x: shape ({rhs.dims},) or (batch, "
                                     f"{rhs.dims}) for widths starting with {rhs.dims}; got shape {x.shape}.")

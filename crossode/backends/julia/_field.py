@@ -329,7 +329,8 @@ def cnf_source(rhs: CNFRHS, dtype: str = "float64", batch: int | None = None) ->
             body.append(f"        w1t = R1[{d + 1}, :]  # ({out},): the time column")
             bias = f"(b{layer} .+ t .* w1t)"
         else:
-            body.append(f"        W{layer} = transpose(reshape(p[{w0}:{w1}], {inp}, {out}))  # ({out}, {inp}) row-major")
+            body.append(f"        W{layer} = transpose(reshape(p[{w0}:{w1}], {inp}, {out}))  "
+                        f"# ({out}, {inp}) row-major")
             bias = f"b{layer}"
         body.append(f"        b{layer} = p[{b0}:{b1}]")
         body.append(f"        z{layer} = W{layer} * {h} .+ {bias}")
