@@ -200,8 +200,11 @@ def fig_loss(runs, its, path, styles):
         for ax, x in zip(axes, ("iteration", "wall_s")):
             ax.plot(g[x], g["loss"], label=styles.label(row), linewidth=1.3, **st)
             _mark_end(ax, row, g, x, "loss", st)
+    pos = data["loss"][data["loss"] > 0]
+    log = not pos.empty and pos.max() / pos.min() > 20 and (data["loss"] > 0).all()  # a narrow range reads linear
     for ax, xl in zip(axes, ("iteration", "cumulative training time [s] (evaluation excluded)")):
-        ax.set_yscale("log")
+        if log:
+            ax.set_yscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel("training loss")
     axes[1].set_xscale("log")
