@@ -32,6 +32,7 @@ __all__ = [
     "julia_dir",
     "import_order_reason",
     "cuda_reason",
+    "devices",
     "clear_cache",
     "SETUP_HINT",
 ]
@@ -115,6 +116,11 @@ def import_order_reason() -> str | None:
             "crash): import juliacall first or run the Julia backend in its own process"
         )
     return None
+
+
+def devices() -> list[str]:
+    """The Julia backend's devices: ``['cpu']``, plus ``'cuda'`` when :func:`cuda_reason` finds nothing missing."""
+    return ["cpu"] + (["cuda"] if cuda_reason() is None else [])
 
 
 def cuda_reason() -> str | None:

@@ -15,22 +15,13 @@ import torch
 
 from ..._errors import InvalidInputError, UnsupportedError
 from ..._record import Stats
-from ..._sensitivity import (
-    MALI,
-    AbstractSensitivity,
-    Backsolve,
-    Checkpointed,
-    Direct,
-    Forward,
-    check_pair,
-)
+from ..._sensitivity import AbstractSensitivity, Direct, check_pair
 from ..._solvers import ALF, AbstractSolver, AbstractStepControl, Adaptive, Dopri5, Fixed
 from ..._tableaux import TABLEAUX
+from .._capabilities import torch_check_config as check_config
 from ._solve import SolveSpec, solve
 
 __all__ = ["odeint"]
-
-_SENSITIVITIES = (Direct, Checkpointed, Backsolve, Forward)
 
 
 def _times(t) -> list[float]:
@@ -53,26 +44,6 @@ def _times(t) -> list[float]:
     if not (all(x > 0 for x in d) or all(x < 0 for x in d)):
         raise InvalidInputError(f"`t` must be strictly increasing or strictly decreasing; got {ts}.")
     return ts
-
-
-def check_config(solver: AbstractSolver, sensitivity: AbstractSensitivity, step: AbstractStepControl) -> str | None:
-    """``None`` if :func:`odeint` supports the (explicit RK) configuration, else the reason."""
-    if type(solver) not in TABLEAUX:
-        return f"`solver={solver!r}` is not available in the PyTorch backend (explicit RK methods and ALF only)."
-    if isinstance(step, Adaptive) and not solver.adaptive:
-        return f"`solver={solver!r}` has no error estimate, so it needs `step=Fixed(dt)`, not `Adaptive(...)`."
-    if isinstance(sensitivity, MALI):
-        return f"`sensitivity=MALI()` requires `solver=ALF()`; got `solver={solver!r}`."
-    if not isinstance(sensitivity, _SENSITIVITIES):
-        return (
-            f"`sensitivity={sensitivity!r}` is not available in the PyTorch backend; use Direct(), Checkpointed(), "
-            "Backsolve() or Forward()."
-        )
-    if isinstance(sensitivity, Checkpointed) and sensitivity.checkpoints is not None:
-        return "`Checkpointed(checkpoints=k)` is not available in PyTorch: it stores every accepted step (ACA)."
-    if getattr(sensitivity, "vjp", "auto") != "auto":
-        return f"`vjp={sensitivity.vjp!r}` is a Julia option; PyTorch uses autograd ('auto')."
-    return None
 
 
 def odeint(
