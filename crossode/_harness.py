@@ -3,7 +3,8 @@
 - :func:`solve` / :func:`gradient`: NumPy in, NumPy out, raising on failure (for library users and tests).
 - :func:`measure`: never raises for a solver or backend failure; returns a :class:`~crossode.Record` whose
   ``status`` says what happened. Timing protocol: the first gradient call is timed separately (it includes
-  tracing/compilation/first-call work); then ``repeats`` gradient calls and ``repeats`` forward solves are timed
+  tracing/compilation/first-call work); then ``repeats`` gradient calls and, after one untimed warm-up solve,
+  ``repeats`` forward solves are timed
   with device synchronisation and the medians reported; ``compile_s = first - median`` unless the backend
   reports its own compile time. Memory is measured on the first call: the backend's device allocator peak where it
   has one, otherwise the process's peak resident set above the pre-call baseline (Linux procfs ``VmHWM`` after
@@ -216,6 +217,7 @@ def measure(
             rec.peak_memory_bytes, rec.memory_kind = rss, "cpu_rss"
         _RSS_MEASURED = True
         grad_times = [_timed(prepared.gradient, sync)[1] for _ in range(repeats)]
+        _timed(prepared.solve, sync)  # untimed warm-up: a backend may compile its solve program on first use
         fwd_times = [_timed(prepared.solve, sync)[1] for _ in range(repeats)]
     except SolverFailure as e:
         _RSS_MEASURED = True

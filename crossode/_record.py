@@ -146,7 +146,8 @@ class Record:
     ``cuda_allocator``: ``torch.cuda.max_memory_allocated``; ``xla_temp``: compiled program temp size);
     ``cpu_rss`` is only recorded for the first cell measured in a process (later in-process cells share its heap,
     so their deltas are meaningless): both fields are ``None`` there. ``message`` is one line; ``details`` keeps
-    what did not fit (a traceback, a worker's stderr tail).
+    what did not fit (a traceback, a worker's stderr tail). ``host`` is the machine that ran a sweep cell (``None``
+    when nothing ran); timings compare only between records of one host.
     """
 
     problem: str
@@ -186,6 +187,7 @@ class Record:
     details: str = ""
     dparams: list | None = None
     dy0: list | None = None
+    host: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -110,6 +110,12 @@ class Backsolve(AbstractContinuousAdjoint):
     """Continuous adjoint (Chen et al. 2018): re-integrate ``y`` backwards with the adjoint and parameter integral.
 
     Least memory; inaccurate or unstable when the backward reconstruction of ``y`` is (stiff, chaotic, long).
+
+    The backward solve uses the forward solver; between consecutive save times it restarts ``y`` from the forward
+    solution. Adaptive steps: the error norm covers the **whole augmented state** ``(y, a_y, a_params)`` in every
+    backend (the default of Diffrax's ``BacksolveAdjoint`` and of torchdiffeq's ``odeint_adjoint``; no seminorm),
+    with the forward ``rtol``/``atol``. Fixed steps: the forward grid walked in reverse. A backward solve that
+    fails (``max_steps``, a root find that does not converge) is the result's status, never a partial gradient.
     """
 
     name: ClassVar[str] = "backsolve"

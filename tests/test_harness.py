@@ -131,3 +131,37 @@ def test_peak_rss_delta_sees_an_allocation():
     if big is None:
         pytest.skip("procfs clear_refs unavailable")
     assert big > 300e6 and small < 50e6
+
+
+class _SlowFirstSolve(Prepared):
+    """The reference, with a first `solve` that is slow (as a JAX solve program compiled on first use)."""
+
+    def __init__(self, inner):
+        self.inner, self.solves = inner, 0
+
+    def solve(self):
+        import time
+
+        self.solves += 1
+        if self.solves == 1:
+            time.sleep(0.5)
+        return self.inner.solve()
+
+    def gradient(self):
+        return self.inner.gradient()
+
+
+class _SlowFirstSolveBackend(ReferenceBackend):
+    name = "slow-first-solve"
+
+    def prepare(self, *args, **kwargs):
+        self.prepared = _SlowFirstSolve(super().prepare(*args, **kwargs))
+        return self.prepared
+
+
+def test_first_solve_is_an_untimed_warm_up():
+    backend = _SlowFirstSolveBackend()
+    rec = crossode.measure(crossode.get_problem("exponential_decay"), backend, Dopri5(), Direct(), repeats=1,
+                           with_reference=False)
+    assert rec.status == "ok", rec.message
+    assert backend.prepared.solves == 2 and rec.time_forward_s < 0.25

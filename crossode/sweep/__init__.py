@@ -2,18 +2,21 @@
 
 - :func:`load_config` reads a sweep TOML (schema in :mod:`crossode.sweep._config`) into a :class:`SweepConfig`
   whose ``cells`` are the measurements to make;
-- :func:`run_sweep` runs them through an :class:`Executor` (:class:`LocalExecutor`: one worker process per cell,
-  threads pinned, time limit) and appends each :class:`~crossode.Record` to a JSONL file (:class:`ResultStore`:
+- :func:`run_sweep` runs them through an :class:`Executor` (:class:`LocalExecutor`: a fresh process per cell,
+  forked from a pre-imported template or spawned, threads pinned, time limit; :class:`DaskExecutor`: the same on
+  the workers of a Dask cluster) and appends each :class:`~crossode.Record` to a JSONL file (:class:`ResultStore`:
   flush + fsync per record, ``--resume``, one writer at a time);
 - :func:`load_records` reads results into a pandas DataFrame; :func:`write_report` writes tables, figures and a
   one-page Markdown/HTML report.
 
-Command line: ``crossode compare --config sweep.toml [--resume] [--jobs N] [--timeout S] [--out FILE]`` and
+Command line: ``crossode compare --config sweep.toml [--resume] [--jobs N] [--timeout S] [--out FILE]
+[--executor dask (--scheduler ADDRESS | --workers N)]`` and
 ``crossode report results.jsonl [--out DIR]``. Importing this package imports neither pandas nor matplotlib.
 """
 
 from ._config import Cell as Cell, SweepConfig as SweepConfig, config_from_dict as config_from_dict
 from ._config import load_config as load_config
+from ._dask import ClusterError as ClusterError, DaskExecutor as DaskExecutor
 from ._executor import Executor as Executor, InlineExecutor as InlineExecutor, LocalExecutor as LocalExecutor
 from ._store import ResultStore as ResultStore, StoreLockedError as StoreLockedError, read_records as read_records
 from ._store import SkippedLineWarning as SkippedLineWarning, StoreWriteError as StoreWriteError
@@ -36,6 +39,7 @@ def write_report(path, out_dir=None, **kwargs):
 
 
 __all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "Executor", "LocalExecutor", "InlineExecutor",
+           "DaskExecutor", "ClusterError",
            "ResultStore", "StoreLockedError", "StoreWriteError", "SkippedLineWarning", "read_records", "run_sweep",
            "print_summary", "load_records",
            "write_report"]

@@ -8,7 +8,8 @@ import sys
 
 from .._errors import InvalidInputError
 
-__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "add_sweep_arguments", "add_report_parser"]
+__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "add_sweep_arguments", "add_report_parser",
+           "make_executor"]
 
 # one-cell flags of `compare` that a config replaces, with their parser defaults
 _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": None, "sensitivity": None,
@@ -17,7 +18,8 @@ _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": N
 
 
 def add_sweep_arguments(c) -> None:
-    """Add ``--config``, ``--resume``, ``--retry-failed``, ``--jobs``, ``--timeout``, ``--max-cells`` to ``compare``."""
+    """Add ``--config``, ``--resume``, ``--retry-failed``, ``--jobs``, ``--timeout``, ``--max-cells``,
+    ``--executor``, ``--scheduler``, ``--workers`` to ``compare``."""
     from ._sweep import RETRY_DEFAULT
 
     c.add_argument("--config", help="TOML sweep config (problems x backends x solvers x ...); see crossode.sweep")
@@ -29,11 +31,18 @@ def add_sweep_arguments(c) -> None:
     c.add_argument("--timeout", type=float, help="with --config: per-cell time limit in seconds")
     c.add_argument("--max-cells", type=int, help="with --config: refuse a sweep of more cells (default: the "
                                                  "config's max_cells, else 100000)")
+    c.add_argument("--executor", choices=("local", "dask"),
+                   help="with --config: run cells on this machine (default) or on a Dask cluster")
+    c.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: an existing cluster's scheduler, e.g. tcp://head:8786")
+    c.add_argument("--workers", type=int, metavar="N",
+                   help="with --executor dask: start a local Dask cluster of N worker processes")
 
 
 def check_sweep_flags(args) -> None:
     """Sweep-only flags without ``--config`` are an error (they would silently do nothing)."""
-    used = [f"--{n.replace('_', '-')}" for n in ("resume", "retry_failed", "jobs", "timeout", "max_cells")
+    used = [f"--{n.replace('_', '-')}" for n in ("resume", "retry_failed", "jobs", "timeout", "max_cells", "executor",
+                                                 "scheduler", "workers")
             if getattr(args, n, None) not in (None, False)]
     if used and not getattr(args, "config", None):
         raise InvalidInputError(f"{', '.join(used)} only apply with --config.")
@@ -58,7 +67,7 @@ def compare_config(args) -> int:
     out = args.out or config.output
     if not out:
         raise InvalidInputError("no results file: set `output` in the config or pass --out.")
-    jobs = args.jobs or config.jobs
+    executor = make_executor(args, config)
     if config.dropped:
         shown = "; ".join(config.dropped[:3]) + (f"; ... ({len(config.dropped) - 3} more)" if len(config.dropped) > 3
                                                  else "")
@@ -66,8 +75,8 @@ def compare_config(args) -> int:
     from ._store import StoreWriteError
 
     try:
-        records = run_sweep(config.cells, out, resume=args.resume, retry=retry, jobs=jobs, timeout=args.timeout,
-                            details=getattr(args, "traceback", False))
+        records = run_sweep(config.cells, out, resume=args.resume, retry=retry, executor=executor,
+                            timeout=args.timeout, details=getattr(args, "traceback", False))
     except KeyboardInterrupt:
         print(f"crossode: interrupted; every finished cell's record is in {out}. Run the same command with --resume "
               "to run the rest.", file=sys.stderr)
@@ -81,6 +90,35 @@ def compare_config(args) -> int:
         print("crossode: no cell finished ok (exit status 1).", file=sys.stderr)
         return 1
     return 0
+
+
+def make_executor(args, config):
+    """The executor the flags and the config's ``[executor]`` table ask for (flags win)."""
+    from ._executor import LocalExecutor
+
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers must be a positive integer; got {args.workers}.")
+    table = config.executor or {"kind": "local", "start": "auto"}
+    start = table.get("start", "auto")
+    kind = args.executor or ("dask" if args.scheduler or args.workers else None) or table["kind"]
+    if kind == "local":
+        if args.scheduler or args.workers:
+            raise InvalidInputError("--scheduler and --workers need --executor dask.")
+        return LocalExecutor(jobs=args.jobs or config.jobs, start=start)
+    if args.jobs is not None:
+        raise InvalidInputError("--jobs applies to the local executor; with --executor dask the cluster's worker "
+                                "threads decide how many cells run at once (--workers N for a local cluster).")
+    if args.scheduler is not None and args.workers is not None:
+        raise InvalidInputError("give --scheduler (an existing cluster) or --workers (a local cluster), not both.")
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise InvalidInputError("--scheduler must be a scheduler address such as tcp://head:8786.")
+    address, workers = args.scheduler, args.workers
+    if address is None and workers is None:
+        address, workers = table.get("address"), table.get("workers")
+    from ._dask import DaskExecutor, _distributed
+
+    _distributed()  # a clear error now if distributed is missing
+    return DaskExecutor(address=address, workers=workers, start=start)
 
 
 def retry_statuses(text: str | None) -> tuple[str, ...]:

@@ -8,6 +8,13 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     jobs = 1                             # cells run in parallel (--jobs overrides; 1 for timing fidelity)
     max_cells = 100000                   # refuse a sweep that expands to more cells (--max-cells overrides)
 
+    [executor]                           # where cells run (--executor/--scheduler/--workers override)
+    kind = "dask"                        # "local" (default: this machine, `jobs` at a time) or "dask"
+    address = "tcp://head:8786"          # dask: an existing cluster's scheduler ...
+    workers = 4                          # ... or a LocalCluster of this many worker processes
+    start = "auto"                       # "auto": fork torch/jax/reference cells from a pre-imported template;
+                                         #   "spawn": a fresh interpreter for every cell
+
     # ---- grid keys: allowed at the top level (defaults for every [[grid]]) and inside each [[grid]] ----
     problems = ["lotka_volterra",        # zoo names, or tables:
                 { name = "mlp", overrides = { width = 64 }, scan = { t1 = [1, 4, 16] } },
@@ -35,6 +42,8 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     with_reference = true                # compare with the independent reference
     save_gradients = false               # store dparams/dy0 in the records
     tags = { study = "x" }               # extra tags copied into every record
+    resources = { gpu = 1 }              # Dask worker resources a cell needs (default: gpu = 1 for cuda/gpu
+                                         #   devices, julia = 1 for the julia backend; `false` drops one)
 
     [[grid]]                             # optional: several sub-grids; cells = union of their products
     problems = [...]                     # (each inherits the top-level grid keys and may override them)
@@ -71,13 +80,16 @@ from .._registry import BACKENDS
 from .._sensitivity import check_pair, sensitivity_from_name
 from .._solvers import Adaptive, Fixed, solver_from_name
 
-__all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "build_problem", "build_step"]
+__all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "build_problem", "build_step", "cell_resources"]
 
-_TOP_ONLY = {"name", "description", "output", "jobs", "max_cells", "grid"}
+_TOP_ONLY = {"name", "description", "output", "jobs", "max_cells", "grid", "executor"}
 _GRID = {
     "problems", "backends", "solvers", "sensitivities", "methods", "rtol", "atol", "dt", "dt0", "max_steps",
     "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference", "save_gradients", "tags",
+    "resources",
 }
+_EXECUTOR_KEYS = {"kind", "address", "workers", "start"}
+EXECUTOR_KINDS = ("local", "dask")
 _PROBLEM_KEYS = {"name", "file", "overrides", "scan"}
 _METHOD_KEYS = {"solver", "sensitivity", "solver_options", "sensitivity_options"}
 _FILE_OVERRIDES = {"t1", "tspan"}
@@ -108,7 +120,8 @@ class Cell:
     ``problem`` is ``{"name": zoo_name}`` or ``{"file": absolute_path}`` plus ``"overrides"``; ``solver`` and
     ``sensitivity`` are ``{"name": ..., "options": {...}}`` with every option filled in; ``step`` is
     ``{"kind": "adaptive", "rtol", "atol", "dt0", "max_steps"}`` or ``{"kind": "fixed", "dt", "max_steps"}``.
-    :attr:`key` identifies the cell across runs (resume), independent of repeats, timeout and threads.
+    :attr:`key` identifies the cell across runs (resume), independent of repeats, timeout, threads and
+    ``resources`` (the Dask worker resources the cell needs, see :func:`cell_resources`).
     """
 
     problem: dict
@@ -128,6 +141,7 @@ class Cell:
     with_reference: bool = True
     save_gradients: bool = False
     tags: dict = dataclasses.field(default_factory=dict)
+    resources: dict = dataclasses.field(default_factory=dict)
 
     @functools.cached_property
     def key(self) -> str:
@@ -193,6 +207,22 @@ class Cell:
         )
 
 
+def cell_resources(backend: str, device: str, override: dict | None = None) -> dict[str, float]:
+    """The Dask worker resources a cell needs: ``gpu = 1`` on a ``cuda``/``gpu`` device, ``julia = 1`` for the
+    Julia backend, then ``override`` (a number sets one, ``true`` means 1, ``false`` drops it)."""
+    res = {}
+    if device.startswith(("cuda", "gpu")):
+        res["gpu"] = 1.0
+    if backend == "julia":
+        res["julia"] = 1.0
+    for k, v in (override or {}).items():
+        if v is False:
+            res.pop(k, None)
+        else:
+            res[k] = 1.0 if v is True else float(v)
+    return res
+
+
 def _short(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -256,6 +286,9 @@ class SweepConfig:
     path: str | None = None
     dropped: list[str] = dataclasses.field(default_factory=list)
     """(solver, sensitivity, step) combinations of solver x sensitivity products left out, with the reason."""
+    executor: dict = dataclasses.field(default_factory=dict)
+    """The ``[executor]`` table: ``kind`` (``"local"``/``"dask"``), ``start`` (``"auto"``/``"spawn"``) and, for Dask,
+    ``address`` or ``workers``."""
 
 
 def load_config(path: str | os.PathLike, *, max_cells: int | None = None,
@@ -294,6 +327,7 @@ def config_from_dict(data: dict, *, base_dir: str = ".", default_name: str = "sw
     if output is not None:
         output = os.path.join(base_dir, _str(data, "output", ""))
     jobs = _posint(data, "jobs", 1)
+    executor = _executor(data.get("executor", {}))
     if max_cells is None:
         max_cells = _posint(data, "max_cells", MAX_CELLS)
     budget = [max_cells]
@@ -330,7 +364,47 @@ def config_from_dict(data: dict, *, base_dir: str = ".", default_name: str = "sw
                 cells.append(c)
     if not cells:
         raise InvalidInputError("the sweep has no cells (every solver/sensitivity/step combination was dropped).")
-    return SweepConfig(name, description, cells, output, jobs, path, dropped)
+    return SweepConfig(name, description, cells, output, jobs, path, dropped, executor)
+
+
+def _executor(table) -> dict:
+    """Validate the ``[executor]`` table; ``kind`` is ``"dask"`` when ``address`` or ``workers`` is given."""
+    if not isinstance(table, dict):
+        raise InvalidInputError(f"`executor` must be a table ([executor]); got {table!r}.")
+    unknown = set(table) - _EXECUTOR_KEYS
+    if unknown:
+        raise InvalidInputError(f"[executor]: unknown key(s) {sorted(unknown)}; allowed: "
+                                f"{', '.join(sorted(_EXECUTOR_KEYS))}.")
+    out = {}
+    if "address" in table:
+        out["address"] = _str(table, "address", "").strip()
+        if not out["address"]:
+            raise InvalidInputError("[executor] `address` must be a scheduler address such as 'tcp://head:8786'.")
+    if "workers" in table:
+        out["workers"] = _posint(table, "workers", 1)
+    if "address" in out and "workers" in out:
+        raise InvalidInputError("[executor]: give `address` (an existing cluster) or `workers` (a local cluster), "
+                                "not both.")
+    start = table.get("start", "auto")
+    if start not in ("auto", "spawn"):
+        raise InvalidInputError(f"[executor] `start` must be \"auto\" or \"spawn\"; got {start!r}.")
+    kind = table.get("kind", "dask" if out else "local")
+    if kind not in EXECUTOR_KINDS:
+        raise InvalidInputError(f"[executor] `kind` must be one of {fmt_choices(EXECUTOR_KINDS)}; got {kind!r}.")
+    if kind == "local" and out:
+        raise InvalidInputError("[executor]: `address` and `workers` need kind = \"dask\".")
+    return {"kind": kind, **out, "start": start}
+
+
+def _resources(g) -> dict:
+    v = g.get("resources", {})
+    if not isinstance(v, dict):
+        raise InvalidInputError(f"`resources` must be a table such as {{ gpu = 1, julia = true }}; got {v!r}.")
+    for k, x in v.items():
+        ok = isinstance(x, bool) or (isinstance(x, (int, float)) and math.isfinite(x) and x > 0)
+        if not k or not ok:
+            raise InvalidInputError(f"`resources.{k}` must be true, false or a positive number; got {x!r}.")
+    return v
 
 
 def _str(d, key, default):
@@ -524,6 +598,7 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
     if not isinstance(tags, dict):
         raise InvalidInputError(f"`tags` must be a table; got {tags!r}.")
     tags = {**tags, "sweep": sweep_name}
+    resources = _resources(g)
 
     combos = []
     for solver, sens in pairs:
@@ -548,7 +623,7 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
     budget[0] -= count
     return {"problems": problems, "backends": backends, "combos": combos, "devices": devices, "dtypes": dtypes,
             "replicates": replicates, "repeats": repeats, "timeout": float(timeout), "threads": threads,
-            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags}
+            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags, "resources": resources}
 
 
 def _build(plan: dict) -> list[Cell]:
@@ -575,6 +650,7 @@ def _build(plan: dict) -> list[Cell]:
             step=step, device=device, dtype=dtype, replicate=rep, repeats=plan["repeats"], timeout=plan["timeout"],
             threads=plan["threads"], with_reference=plan["with_reference"], save_gradients=plan["save_gradients"],
             tags=dict(plan["tags"]),
+            resources=cell_resources(backend, device, plan["resources"]),
         ))
     return cells
 

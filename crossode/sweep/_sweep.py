@@ -96,7 +96,8 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
       records of these cells is an error (nothing is overwritten or duplicated).
     - ``retry``: statuses to run again (implies ``resume``): a cell whose latest record has one of them runs again
       and its new record is appended (the old one stays in the file; readers use the latest per cell).
-    - ``executor``: how cells run (default :class:`LocalExecutor` with ``jobs``).
+    - ``executor``: how cells run (default :class:`LocalExecutor` with ``jobs``; or a
+      :class:`~crossode.sweep.DaskExecutor`).
     - ``timeout``: per-cell limit in seconds, overriding the cells' own.
     - ``progress`` / ``summary``: show a progress bar (ETA, current cell) / print a summary table at the end.
     - ``details``: also print the full ``details`` (traceback, stderr tail) of each failed cell.
@@ -135,15 +136,16 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
         if progress and (done or todo):
             console.print(f"[bold]{len(cells)} cells[/bold]: {len(done)} already in {os.fspath(out)}, "
                           + (f"{len(again)} to retry ({', '.join(sorted(retry))}), " if retry else "")
-                          + f"{len(todo)} to run (jobs={executor.jobs}).")
+                          + f"{len(todo)} to run ({executor.describe()}).")
         quick, slow = [], []
-        for c in todo:
-            (quick if unavailable_reason(c.backend) is not None else slow).append(c)
+        for c in todo:  # on a remote cluster the workers decide what is available
+            (quick if executor.local and unavailable_reason(c.backend) is not None else slow).append(c)
 
         count = [len(done)]
 
         def record(cell, rec, bar=None):
-            rec.tags.update(extra)
+            for k, v in extra.items():  # a remote worker has already put in its own machine and commit
+                rec.tags.setdefault(k, v)
             _one_line_message(rec)
             try:
                 store.append(rec)

@@ -16,3 +16,14 @@ def write_config(tmp_path):
         return path
 
     return write
+
+
+
+@pytest.fixture
+def runners(monkeypatch):
+    """Put ``_runners.py`` (beside this file) on the workers' path; returns ``"module:function"`` of its runner."""
+    import os
+
+    here = str(pathlib.Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", here + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return "_runners:act"

@@ -9,7 +9,7 @@ neutral            JAX
 Euler ... Dopri8   ``diffrax.Euler/Heun/Midpoint/Bosh3/Dopri5/Tsit5/Dopri8``; RK4 = an ``AbstractERK`` subclass
                    built from :data:`crossode._tableaux.RK4_TABLEAU` (fixed step only)
 ImplicitEuler,     ``diffrax.ImplicitEuler/Kvaerno5`` (default root finder: ``VeryChord`` with the controller's
-Kvaerno5           tolerances; with ``Fixed`` steps ``VeryChord(rtol=atol=1e-10)``)
+Kvaerno5           tolerances; with ``Fixed`` steps Newton, :func:`fixed_step_root_finder`)
 Adaptive           :class:`._control.LandingController`: the PyTorch backend's I-controller as a Diffrax
                    controller (same norm, exponent, factor limits and landing rule, so both backends take the same
                    steps; it equals ``ClipStepSizeController(PIDController(rtol, atol, error_order=q),
@@ -20,14 +20,19 @@ Fixed              ``StepTo(ts=fixed_grid(t0, t1, dt, saveat))``; ``max_steps`` 
 saveat             ``SaveAt(ts=problem.saveat)``; every save time is a step end (adaptive: the controller lands on
                    it; fixed: it is on the grid), so the dense-output interpolation is evaluated at a step end and
                    returns that step's solution (to round-off)
-Direct             ``RecursiveCheckpointAdjoint(checkpoints=max_steps)``: every step stored, no recomputation of
-                   steps (the stages of a step are still recomputed once, Diffrax's ``scan_kind="checkpointed"``)
-Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default
-                   ``floor(-1.5 + sqrt(2 max_steps + 0.25)) + 1`` stated explicitly (binomial checkpointing)
-Backsolve          ``BacksolveAdjoint``: backward solve with the same solver; adaptive: ``PIDController(rtol, atol,
-                   norm=adjoint_rms_seminorm)`` (parameter adjoints excluded from error control, as torchdiffeq's
-                   seminorm); fixed: ``ConstantStepSize`` with ``dt0 = -dt`` (Diffrax rescales the steps of each
-                   interval between save times to land on it)
+Direct             adaptive: ``RecursiveCheckpointAdjoint()``, what a Diffrax user writes (its default
+                   ``floor(-1.5 + sqrt(2 max_steps + 0.25)) + 1`` checkpoints, stated explicitly: 446 at the default
+                   ``max_steps`` 100000; every step stored while the solve takes no more steps than that, binomial
+                   recomputation beyond); fixed: ``checkpoints`` = the grid's steps (every step stored). The old
+                   ``checkpoints=max_steps`` gave the same gradient at 13-87x the XLA temporary memory
+                   (``comparisons/jax_direct.py``). Each step's stages are recomputed once in the backward pass
+                   (Diffrax's ``scan_kind="checkpointed"``). In JAX, adaptive ``Direct`` = ``Checkpointed()``
+Checkpointed(c)    ``RecursiveCheckpointAdjoint(checkpoints=c)``; ``c=None`` -> Diffrax's own default (as above)
+Backsolve          ``BacksolveAdjoint(throw=True)``: backward solve with the same solver; adaptive:
+                   ``PIDController(rtol, atol)``, error control over the whole augmented state (Diffrax's and
+                   torchdiffeq's default, as the PyTorch backend); fixed: :class:`._control.GridController`, the
+                   forward grid walked in reverse (as PyTorch). A failed backward solve raises inside the program
+                   and becomes the failure's status (``max_steps``, ``solver_error``, ...)
 Forward            ``ForwardMode`` + ``jax.jacfwd``
 ALF + MALI         :mod:`._mali` (``jax.custom_vjp``, constant memory)
 ALF + Direct       reverse-mode autodiff through the same ALF steps (Equinox checkpointed while loop with
@@ -48,12 +53,13 @@ NFE (Diffrax reports steps only; these rules are checked against a counting vect
   Bosh3 (3, 1), Dopri5/Tsit5 (6, 1), Dopri8 (13, 1): every attempted step (accepted or rejected) costs ``c``;
   FSAL methods evaluate ``f(t0, y0)`` once at the start (``c0``). ``+2`` when ``dt0`` was chosen automatically
   (Hairer's algorithm: ``f(t0, y0)`` and one probe).
-- reverse mode (Direct, Checkpointed with ``checkpoints >= num_steps``): backward = primal re-evaluations
+- reverse mode (Direct, Checkpointed) with ``num_steps <= checkpoints``: backward = primal re-evaluations
   ``r * (c * num_steps + c0)`` (``r = 2`` for Diffrax RK solvers: the step is re-run, then its stage scan is
   re-run inside the VJP, and the FSAL start-up evaluation twice too; ``r = 1`` for Euler) plus one VJP per forward
   evaluation: ``nfe_backward = (r + 1) * (c * num_steps + c0)``.
-- everything without a closed rule (``None`` when the backend is built with ``count_nfe=False``) (bounded checkpointing with more steps than checkpoints, Backsolve (Diffrax
-  does not report the backward solve's steps), implicit solvers) is *counted* once per prepared cell with a
+- everything without a closed rule (reverse mode with more steps than checkpoints, where Equinox recomputes
+  steps; Backsolve, whose backward steps Diffrax does not report; implicit solvers) is *counted* once per
+  prepared cell (``None`` when the backend is built with ``count_nfe=False``) with a
   counting vector field (``jax.debug.callback``) in a separate, untimed program the first time
   :meth:`gradient`/:meth:`solve` needs it; that first call is slower. Backsolve: every backward primal evaluation
   is counted with one VJP (``2 x`` counted backward evaluations).
@@ -62,10 +68,11 @@ NFE (Diffrax reports steps only; these rules are checked against a counting vect
   2 per accepted step (one evaluation at the step's midpoint, serving both the inverse step and the VJP, + that
   VJP) + 1 (VJP of ``v0``); ALF + Direct backward = 2 per step attempt (re-evaluation, VJP) + 1.
 
-Timing: :meth:`prepare` lowers and compiles the gradient and solve programs ahead of time
-(``jax.jit(f).lower(...).compile()``); ``Prepared.compile_s`` is the gradient program's lower + compile time.
-The AOT executable is then reused by the jitted functions (JAX's compilation cache; one untimed call in
-``prepare`` fills the C++ dispatch fast path). Each call returns ONE packed float64 vector (loss, gradients, status
+Timing: :meth:`prepare` lowers and compiles the gradient program ahead of time (``jax.jit(f).lower(...).compile()``);
+``Prepared.compile_s`` is its lower + compile time. The AOT executable is then reused by the jitted function (JAX's
+compilation cache; one untimed call in ``prepare`` fills the C++ dispatch fast path). The forward-solve program is
+compiled on the first :meth:`solve` call (``compile_solve_s``), so a cell that times only gradients never compiles
+it; the harness makes one untimed warm-up ``solve`` call before timing solves. Each call returns ONE packed float64 vector (loss, gradients, status
 and step counts), so a call costs one device-to-host transfer. ``synchronize`` blocks on the last outputs. Memory: ``peak_memory()`` is the compiled gradient program's
 ``memory_analysis().temp_size_in_bytes`` on CPU (kind ``xla_temp``), ``peak_bytes_in_use`` on GPU
 (``jax_gpu_peak``, since process start: run one cell per process).
@@ -73,6 +80,7 @@ and step counts), so a call costs one device-to-host transfer. ``synchronize`` b
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -86,6 +94,7 @@ import diffrax  # noqa: E402
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optimistix as optx  # noqa: E402
 
 from ... import _stepping as hairer  # noqa: E402
 from ..._backend import Prepared  # noqa: E402
@@ -118,7 +127,7 @@ from ..._solvers import (  # noqa: E402
 )
 from .._capabilities import jax_supports  # noqa: E402
 from ._alf import FAIL_CODES, ALFConfig, alf_loop  # noqa: E402
-from ._control import make_landing_controller  # noqa: E402
+from ._control import GridController, make_landing_controller  # noqa: E402
 from ._field import make_vector_field  # noqa: E402
 from ._mali import make_mali_solve  # noqa: E402
 
@@ -205,6 +214,21 @@ def _gradient_of(loss_fn, *, forward: bool):
     return grad_fn
 
 
+def fixed_step_root_finder(dtype) -> optx.Newton:
+    """The root finder of implicit solvers on ``Fixed`` steps: Newton with Cauchy termination at ``1e-10``
+    (``100 eps`` in float32), up to the solver's ``root_find_max_steps`` (10) iterations.
+
+    Not Diffrax's adaptive default ``VeryChord``: it declares divergence when the chord iteration has not met its
+    convergence test after two iterations, which an adaptive controller answers by rejecting and shrinking the
+    step, but a fixed grid cannot. On ``y' = -a y`` at ``dt = 0.1`` the backward (adjoint) solve of Backsolve, a
+    bilinear system, fails that test in its first step with ``VeryChord(rtol=atol=1e-10)`` (also at 1e-8 and
+    1e-6), while Newton converges in every step. A root find that does not converge is still a failure
+    (``solver_error``), never a silently wrong step.
+    """
+    tol = max(1e-10, 100.0 * float(jnp.finfo(dtype).eps))
+    return optx.Newton(rtol=tol, atol=tol)
+
+
 def default_checkpoints(max_steps: int) -> int:
     """Diffrax/Equinox's default number of RCA checkpoints for ``max_steps`` (stated explicitly by crossode)."""
     return int(math.floor(-1.5 + math.sqrt(2 * max_steps + 0.25))) + 1
@@ -230,6 +254,31 @@ def _decode_result(code: int) -> tuple[str, str]:
     return "solver_error", message or f"diffrax result {code}"
 
 
+def _decode_runtime_error(error: Exception) -> tuple[str, str] | None:
+    """``(status, message)`` of a Diffrax failure raised at run time (``throw=True``: the backward solve of
+    ``BacksolveAdjoint``), recognised by its ``RESULTS`` message; ``None`` for any other error."""
+    text = str(error)
+    messages = sorted(enumerate(diffrax.RESULTS._index_to_message), key=lambda im: -len(im[1]))
+    for code, message in messages:
+        if message and message.splitlines()[0] in text:
+            return _decode_result(code)
+    return None
+
+
+class _QuietDiffraxFailures(logging.Filter):
+    """Drop JAX's ``jax.pure_callback failed`` log record (a full traceback on stderr) when the failing callback
+    is an Equinox runtime error carrying a Diffrax result: :meth:`_Prepared.gradient` turns exactly those into a
+    status with a one-line message. Every other callback failure is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "EquinoxRuntimeError" in type(exc).__name__
+                    and _decode_runtime_error(exc) is not None)
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietDiffraxFailures())
+
+
 # ------------------------------------------------------------------------------------------------ backend
 
 
@@ -246,7 +295,8 @@ class DiffraxBackend:
     name = "jax"
 
     def __init__(self, aot: bool = True, count_nfe: bool = True):
-        #: compile the gradient and solve programs in ``prepare`` (ahead of time); ``False`` = on first call
+        #: compile the gradient program in ``prepare`` and the solve program on the first ``solve`` call, ahead of
+        #: time (``compile_s``, ``memory_analysis``); ``False`` = plain jit, compiled on first call
         self.aot = aot
         #: run the counting program where no closed NFE rule exists; ``False`` reports ``None`` there instead
         self.count_nfe = count_nfe
@@ -279,10 +329,13 @@ class DiffraxBackend:
 
 class _Prepared(Prepared):
     """One compiled cell. Attributes: ``compile_s`` (gradient program lower + compile seconds),
-    ``compile_solve_s``, ``dt0`` (first step used, adaptive only), ``max_steps``, ``checkpoints``."""
+    ``compile_solve_s`` (the solve program's, set by the first :meth:`solve`), ``dt0`` (first step used, adaptive
+    only), ``max_steps``, ``checkpoints``, ``adjoint`` (the Diffrax adjoint object; ``None`` for ALF)."""
 
     def __init__(self, problem, solver, sensitivity, step, device, dtype, aot=True, count_nfe=True):
         self.count_nfe = count_nfe
+        self.aot = aot
+        self.adjoint = None
         self.problem, self.solver, self.sensitivity, self.step = problem, solver, sensitivity, step
         self.device_name = "gpu" if device == "cuda" else device
         self.device = (_gpu_devices() if self.device_name == "gpu" else jax.devices("cpu"))[0]
@@ -350,13 +403,26 @@ class _Prepared(Prepared):
             t = time.perf_counter()
             self._grad_compiled = self._grad_c.lower(self.y0, self.params).compile()
             self.compile_s = time.perf_counter() - t
-            t = time.perf_counter()
-            self._solve_c.lower(self.y0, self.params).compile()
-            self.compile_solve_s = time.perf_counter() - t
-            jax.block_until_ready(self._grad_c(self.y0, self.params))
-            jax.block_until_ready(self._solve_c(self.y0, self.params))
+            try:
+                jax.block_until_ready(self._grad_c(self.y0, self.params))
+            except jax.errors.JaxRuntimeError as e:  # a backward-solve failure: `gradient` reports it as a status
+                if _decode_runtime_error(e) is None:
+                    raise
+            # the forward-solve program is compiled on the first `solve` call: a cell that times only gradients
+            # never pays for it
 
     # -- building ------------------------------------------------------------------------------------------
+
+    def _checkpoints(self) -> int:
+        """Stored loop states of reverse mode (``Direct``, ``Checkpointed``; see the module docstring)."""
+        sens = self.sensitivity
+        if isinstance(sens, Checkpointed) and sens.checkpoints is not None:
+            return sens.checkpoints
+        if isinstance(sens, Direct) and (self.grid is not None or self.is_alf):
+            # a fixed grid: max_steps = its steps, one slot per step taken; ALF (crossode's own loop, no Diffrax
+            # default to follow): a slot for every step allowed, as before
+            return self.max_steps
+        return default_checkpoints(self.max_steps)  # Diffrax's RecursiveCheckpointAdjoint() default
 
     def _loss(self, ys):
         return self.problem.loss.apply(ys, self.weights)
@@ -365,7 +431,7 @@ class _Prepared(Prepared):
         solver, step, sens = self.solver, self.step, self.sensitivity
         dsolver = _DIFFRAX_SOLVERS[type(solver)]
         if isinstance(solver, (ImplicitEuler, Kvaerno5)) and isinstance(step, Fixed):
-            dsolver_obj = dsolver(root_finder=diffrax.VeryChord(rtol=1e-10, atol=1e-10))
+            dsolver_obj = dsolver(root_finder=fixed_step_root_finder(self.dtype))
         else:
             dsolver_obj = dsolver()
         term = diffrax.ODETerm(lambda t, y, args: f(t, y, args))
@@ -376,20 +442,23 @@ class _Prepared(Prepared):
             controller = make_landing_controller(step.rtol, step.atol, self.t0, self.t1, self.saveat,
                                                  _error_order(solver))
             dt0 = self.dt0 if self.t1 > self.t0 else -self.dt0
-        if isinstance(sens, Direct):
-            self.checkpoints = self.max_steps
-            adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.max_steps)
-        elif isinstance(sens, Checkpointed):
-            self.checkpoints = sens.checkpoints if sens.checkpoints is not None else default_checkpoints(self.max_steps)
+        if isinstance(sens, (Direct, Checkpointed)):
+            self.checkpoints = self._checkpoints()
             adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
         elif isinstance(sens, Backsolve):
             if isinstance(step, Fixed):
-                back = dict(stepsize_controller=diffrax.ConstantStepSize(),
-                            dt0=-step.dt if self.t1 > self.t0 else step.dt)
+                # the forward grid, in the time variable of the forward solve (Diffrax integrates a backward
+                # span t0 > t1 forwards in -t); the backward solve walks it in reverse
+                direction = 1.0 if self.t1 > self.t0 else -1.0
+                back = dict(stepsize_controller=GridController(jnp.asarray(direction * self.grid)), dt0=None)
             else:
-                back = dict(stepsize_controller=diffrax.PIDController(rtol=step.rtol, atol=step.atol,
-                                                                      norm=diffrax.adjoint_rms_seminorm))
-            adjoint = diffrax.BacksolveAdjoint(solver=dsolver_obj, max_steps=self.max_steps, **back)
+                # error control over the whole augmented state (y, a_y, a_params): Diffrax's and torchdiffeq's
+                # default, and the PyTorch backend's; the backward dt0 is Diffrax's default -dt0
+                back = dict(stepsize_controller=diffrax.PIDController(rtol=step.rtol, atol=step.atol))
+            # throw=True: Diffrax discards the backward solve's result, so a failed backward solve (max_steps, a
+            # root find that did not converge) would silently return the adjoint of a partial solve; raised
+            # instead and turned into a status by `gradient`
+            adjoint = diffrax.BacksolveAdjoint(solver=dsolver_obj, max_steps=self.max_steps, throw=True, **back)
         else:  # Forward
             adjoint = diffrax.ForwardMode()
         return term, dsolver_obj, controller, dt0, adjoint
@@ -397,6 +466,8 @@ class _Prepared(Prepared):
     def _build_diffrax(self, counting: Callable | None = None):
         f = self.f if counting is None else counting
         term, dsolver, controller, dt0, adjoint = self._diffrax_parts(f)
+        if counting is None:
+            self.adjoint = adjoint
         saveat = diffrax.SaveAt(ts=jnp.asarray(self.saveat))
         t0, t1, max_steps = self.t0, self.t1, self.max_steps
 
@@ -464,11 +535,7 @@ class _Prepared(Prepared):
                 kind, ckpt = "lax", None
             else:
                 kind = "checkpointed"
-                if isinstance(sens, Direct):
-                    ckpt = self.max_steps
-                else:
-                    ckpt = sens.checkpoints if sens.checkpoints is not None else default_checkpoints(self.max_steps)
-                self.checkpoints = ckpt
+                ckpt = self.checkpoints = self._checkpoints()
 
             def loss_fn(y0, p):
                 r = alf_loop(f, cfg, y0, f(t0, y0, p), p, kind=kind, checkpoints=ckpt)
@@ -578,6 +645,10 @@ class _Prepared(Prepared):
 
     def solve(self) -> SolveOutput:
         self._check_grid()
+        if self.aot and self.compile_solve_s is None:  # compiled on first use, not in `prepare`
+            t = time.perf_counter()
+            self._solve_c.lower(self.y0, self.params).compile()
+            self.compile_solve_s = time.perf_counter() - t
         out = self._last = self._solve_c(self.y0, self.params)
         out = np.asarray(out)
         info = out[-4:]
@@ -588,10 +659,27 @@ class _Prepared(Prepared):
             raise SolverFailure("diverged", "the saved states are non-finite")
         return SolveOutput(ys=ys, stats=self._stats(info, gradient=False))
 
+    def _backward_failed(self, error: Exception):
+        """Raise the status of a run-time Diffrax failure of the gradient program (the backward solve of
+        Backsolve, which runs with ``throw=True``); the forward solve's own failure takes precedence."""
+        decoded = _decode_runtime_error(error)
+        if decoded is None:
+            raise error
+        info = np.asarray(self._solve_c(self.y0, self.params))[-4:]
+        if info[0] != 0:
+            self._fail(int(info[0]))
+        status, message = decoded
+        raise SolverFailure(status, f"diffrax: the backward (adjoint) solve failed: {message.splitlines()[0]} "
+                                    f"(max_steps={self.max_steps} per interval between save times)") from None
+
     def gradient(self) -> GradientOutput:
         self._check_grid()
-        out = self._last = self._grad_c(self.y0, self.params)
-        out = np.asarray(out)
+        self._last = None
+        try:
+            out = self._grad_c(self.y0, self.params)
+            self._last, out = out, np.asarray(out)
+        except jax.errors.JaxRuntimeError as e:
+            self._backward_failed(e)
         s_dp, s_dy0, s_info = self._slices
         info = out[s_info]
         if info[0] != 0:

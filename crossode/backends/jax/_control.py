@@ -29,6 +29,10 @@ steps here and in PyTorch, 53/12 with ``PIDController`` and ``SaveAt(ts)`` inter
 ``ClipStepSizeController(PIDController)``; ``lotka_volterra`` (4 save times) 82/22, 82/21 and 83/22.
 
 Step-size selection is never differentiated (``stop_gradient``, as in Diffrax and the PyTorch backend).
+
+:class:`GridController` is the fixed-step counterpart for solves that are split into several ``diffeqsolve``
+calls (``BacksolveAdjoint`` solves backwards between consecutive save times): it steps on a given grid in either
+direction, so the backward solve walks the forward grid in reverse, as the PyTorch backend does.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import PyTree
 
-__all__ = ["LandingController", "make_landing_controller", "propose", "scaled_rms", "SAFETY", "FACTOR_MIN",
+__all__ = ["LandingController", "make_landing_controller", "GridController", "propose", "scaled_rms", "SAFETY", "FACTOR_MIN",
            "FACTOR_MAX", "LANDING_SLACK"]
 
 SAFETY = 0.9
@@ -133,3 +137,34 @@ def make_landing_controller(rtol: float, atol: float, t0: float, t1: float, save
         stops.append(float(t1))
     h_min = 10.0 * float(np.spacing(max(abs(t0), abs(t1))))
     return LandingController(rtol, atol, jnp.asarray(stops, jnp.float64), int(error_order), h_min)
+
+
+class GridController(diffrax.AbstractStepSizeController):
+    """Step from grid point to grid point, whatever the interval of the ``diffeqsolve`` call.
+
+    ``ts``: the grid, strictly increasing, in the time variable of the solve it is given to (Diffrax negates time
+    for a backward solve and calls :meth:`wrap`, which negates and reverses the grid to match). A step from ``t``
+    ends at the first grid point after ``t`` (Diffrax clips it to the interval's end), so every call in a sequence
+    of calls between grid points (``BacksolveAdjoint``'s segments between save times) takes exactly the grid's
+    steps; ``diffrax.StepTo`` instead requires its grid to start and end at ``t0`` and ``t1`` of the call.
+    Stateless (the state is a dummy ``0``), so the controller state Diffrax carries from one call to the next is
+    harmless.
+    """
+
+    ts: jax.Array
+
+    def wrap(self, direction):
+        ts = self.ts * direction
+        return GridController(jnp.where(direction > 0, ts, ts[::-1]))
+
+    def _next(self, t):
+        i = jnp.minimum(jnp.searchsorted(self.ts, t, side="right"), self.ts.shape[0] - 1)
+        return self.ts[i]
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        if dt0 is not None:
+            raise ValueError("GridController steps on its grid: pass dt0=None.")
+        return self._next(t0), jnp.asarray(0, jnp.int32)
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        return True, t1, self._next(t1), False, controller_state, diffrax.RESULTS.successful

@@ -30,7 +30,7 @@ from crossode import (  # noqa: E402
 )
 from crossode._reference import reference  # noqa: E402
 from crossode.backends.jax import DiffraxBackend  # noqa: E402
-from crossode.backends.jax._backend import NFE_RULES  # noqa: E402
+from crossode.backends.jax._backend import NFE_RULES, default_checkpoints  # noqa: E402
 from crossode.problems import get_problem  # noqa: E402
 from crossode._reference import relative_error  # noqa: E402
 
@@ -140,6 +140,41 @@ def test_nfe_rule_matches_counting_field(lv):
     np.testing.assert_allclose(gc.dparams, g.dparams, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(gc.dy0, g.dy0, rtol=1e-13, atol=1e-15)
     assert gc.stats.nfe_forward == g.stats.nfe_forward and gc.stats.nfe_backward is None
+
+
+@pytest.mark.slow
+def test_direct_is_diffrax_default_checkpointing_with_honest_nfe(lv):
+    """Adaptive Direct = Diffrax's default ``RecursiveCheckpointAdjoint()`` (checkpoints from ``max_steps``, not
+    ``max_steps`` slots). While the solve takes no more steps than checkpoints the closed NFE rule holds and
+    equals what a counting field sees; with fewer checkpoints Equinox recomputes steps and the NFE is counted."""
+    problem, ref = lv
+    prepared = DiffraxBackend(aot=False).prepare(problem, Tsit5(), Direct(), Adaptive(rtol=1e-6, atol=1e-6))
+    assert prepared.checkpoints == default_checkpoints(100_000) == 446
+    g = prepared.gradient()
+    steps = g.stats.steps_accepted + g.stats.steps_rejected
+    fwd = 6 * steps + 1
+    assert g.stats.nfe_forward == fwd + 2
+    assert g.stats.nfe_backward == 3 * fwd == prepared.count_evaluations("gradient")
+    assert rel(np.r_[g.dparams, g.dy0], ref.grad) < 1e-4
+
+    few = DiffraxBackend(aot=False).prepare(problem, Tsit5(), Direct(), Adaptive(rtol=1e-6, atol=1e-6, max_steps=40))
+    assert few.checkpoints == 8 < steps
+    gf = few.gradient()
+    assert gf.stats.steps_accepted == g.stats.steps_accepted
+    np.testing.assert_allclose(gf.dparams, g.dparams, rtol=1e-13, atol=1e-15)
+    assert gf.stats.nfe_backward == few.count_evaluations("gradient") > 3 * fwd  # recomputed steps
+
+
+def test_prepare_compiles_only_the_gradient_program():
+    """The forward-solve program is compiled on the first solve() call, not in prepare()."""
+    problem = get_problem("exponential_decay")
+    prepared = DiffraxBackend(count_nfe=False).prepare(problem, Euler(), Direct(), Fixed(dt=0.1))
+    assert prepared.compile_s > 0 and prepared.compile_solve_s is None
+    ys = prepared.solve().ys
+    first = prepared.compile_solve_s
+    assert first > 0 and np.all(np.isfinite(ys))
+    prepared.solve()
+    assert prepared.compile_solve_s == first
 
 
 def test_robertson_kvaerno5_vs_reference():
