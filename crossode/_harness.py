@@ -71,7 +71,7 @@ def _prepare(problem, backend, solver, sensitivity, step, device, dtype):
 
 def solve(problem: Problem, backend="torch", solver: AbstractSolver = Dopri5(), step: AbstractStepControl = Adaptive(),
           *, device: str = "cpu", dtype: str = "float64") -> SolveOutput:
-    """Forward solve ``problem`` on ``backend``; returns saved states ``(len(saveat), n_states)`` and stats.
+    """Forward solve ``problem`` on ``backend``; returns saved states ``(len(saveat), *y0.shape)`` and stats.
 
     Raises :class:`SolverFailure` (with a status) when the solve fails, and :class:`UnsupportedError` /
     :class:`BackendUnavailableError` when the combination cannot run.
@@ -259,7 +259,7 @@ def _compare(rec: Record, problem: Problem, out: GradientOutput) -> None:
         return
     rec.reference = ref.method
     rec.loss_error = abs(out.loss - ref.loss) / max(abs(ref.loss), 1e-300)
-    rec.grad_error = relative_error(np.concatenate([out.dparams, out.dy0]), ref.grad)
+    rec.grad_error = relative_error(np.concatenate([np.ravel(out.dparams), np.ravel(out.dy0)]), ref.grad)
     rec.dparams_error = relative_error(out.dparams, ref.dparams) if ref.dparams.size else 0.0
     rec.dy0_error = relative_error(out.dy0, ref.dy0)
     if out.dt0 is not None:

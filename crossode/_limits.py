@@ -20,6 +20,10 @@ limit                          value         bounds
 ``MAX_MLP_LAYERS``             100           layers of an MLP field
 ``MAX_PARAMS``                 10,000,000    flat parameters of a field (80 MB per float64 copy)
 ``MAX_SAVES``                  100,000       save times of a problem
+``MAX_STATE_ENTRIES``          10,000,000    entries of ``y0`` (``batch * n_states``) and of loss data
+                                             (weights, targets)
+``MAX_ARRAY_FILE_BYTES``       268,435,456   an ``.npz`` array file of a problem file (on disk, and its
+                                             entry uncompressed)
 ``MAX_GRID_STEPS``             100,000,000   a fixed-step grid when no ``max_steps`` is given
 ``MAX_CELLS``                  100,000       cells of one sweep (config key ``max_cells``, ``--max-cells``)
 ``PARSE_SECONDS``              120           reading and expanding a sweep config in the sweep process
@@ -39,7 +43,8 @@ from ._errors import InvalidInputError
 
 __all__ = [
     "MAX_FILE_BYTES", "MAX_EXPRESSION_CHARS", "MAX_SYNTAX_DEPTH", "MAX_EXPRESSION_DEPTH", "MAX_INTEGER_DIGITS",
-    "MAX_SYMBOLIC_JACOBIAN", "MAX_MLP_LAYERS", "MAX_PARAMS", "MAX_SAVES", "MAX_GRID_STEPS", "MAX_CELLS",
+    "MAX_SYMBOLIC_JACOBIAN", "MAX_MLP_LAYERS", "MAX_PARAMS", "MAX_SAVES", "MAX_STATE_ENTRIES",
+    "MAX_ARRAY_FILE_BYTES", "MAX_GRID_STEPS", "MAX_CELLS",
     "PARSE_SECONDS", "read_bounded", "power_digits", "check_symbolic_size", "check_mlp_size", "check_count",
     "grid_steps", "time_limit", "snip",
 ]
@@ -53,6 +58,8 @@ MAX_SYMBOLIC_JACOBIAN = 200_000
 MAX_MLP_LAYERS = 100
 MAX_PARAMS = 10_000_000
 MAX_SAVES = 100_000
+MAX_STATE_ENTRIES = 10_000_000
+MAX_ARRAY_FILE_BYTES = 256 * 1024 * 1024
 MAX_GRID_STEPS = 100_000_000
 MAX_CELLS = 100_000
 PARSE_SECONDS = 120.0

@@ -10,69 +10,172 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ._errors import InvalidInputError, fmt_choices
+from ._limits import MAX_STATE_ENTRIES
 from ._rhs import AbstractRHS, MLPRHS, SymbolicRHS
 
 __all__ = ["Loss", "Problem"]
 
-LOSS_KINDS = ("sum_squares", "linear")
+LOSS_KINDS = ("sum_squares", "linear", "mse")
+
+
+
+def _booleans(value) -> bool:
+    """Whether a (nested) list holds booleans, or an array is boolean: ``[True]`` is not the number 1.0."""
+    if isinstance(value, np.ndarray):
+        return value.dtype == np.bool_
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (bool, np.bool_)):
+            return True
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
+
+def _as_data(name: str, value) -> np.ndarray:
+    if _booleans(value):
+        raise InvalidInputError(f"`{name}` must hold numbers; got booleans.")
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"`{name}` must be a numeric array; got {_short(value)}.") from None
+    if arr.size > MAX_STATE_ENTRIES:
+        raise InvalidInputError(f"`{name}` has {arr.size} entries; at most {MAX_STATE_ENTRIES} are allowed.")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError(f"`{name}` must be finite.")
+    arr.setflags(write=False)
+    return arr
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Loss:
-    """A scalar loss on the saved trajectory ``ys`` of shape ``(len(saveat), n_states)``.
+    """A scalar loss on the saved trajectory ``ys``, shape ``(len(saveat), n_states)`` for a single initial state
+    and ``(len(saveat), batch, n_states)`` for a batch:
 
     - ``kind="sum_squares"`` (default): ``L = 1/2 * sum_k ||y(t_k)||^2``;
-    - ``kind="linear"``: ``L = sum_k w_k . y(t_k)`` with ``weights`` of shape ``(len(saveat), n_states)``
-      (a fixed cotangent, as torchdiffeq's gradient tests use).
+    - ``kind="linear"``: ``L = sum_k w_k . y(t_k)`` with ``weights`` (a fixed cotangent, as torchdiffeq's gradient
+      tests use);
+    - ``kind="mse"``: ``L = 1/2 * sum_k ||y(t_k) - d_k||^2`` with data ``targets`` (a sum over saves, batch and
+      states, not a mean).
 
-    :meth:`apply` is the single implementation every backend calls on its own arrays, so the loss is the same
-    arithmetic everywhere.
+    ``weights``/``targets`` have the shape of ``ys``, or ``(len(saveat), n_states)`` for a batch (the same data for
+    every trajectory); the :class:`Problem` checks the shape. :meth:`apply` is the single implementation every backend
+    calls on its own arrays (only ``*``, ``-`` and ``.sum()``), so the loss is the same arithmetic everywhere.
     """
 
-    def __init__(self, kind: str = "sum_squares", weights=None):
+    def __init__(self, kind: str = "sum_squares", weights=None, targets=None):
         if kind not in LOSS_KINDS:
             raise InvalidInputError(f"`loss.kind` must be one of {fmt_choices(LOSS_KINDS)}; got {kind!r}.")
         if kind == "linear":
             if weights is None:
                 raise InvalidInputError("`loss.weights` is required for kind='linear' (shape (len(saveat), n_states)).")
-            try:
-                weights = np.array(weights, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise InvalidInputError(f"`loss.weights` must be a numeric array; got {weights!r}.") from None
-            if not np.all(np.isfinite(weights)):
-                raise InvalidInputError("`loss.weights` must be finite.")
-            weights.setflags(write=False)
+            weights = _as_data("loss.weights", weights)
         elif weights is not None:
             raise InvalidInputError("`loss.weights` is only allowed with kind='linear'.")
+        if kind == "mse":
+            if targets is None:
+                raise InvalidInputError("`loss.targets` is required for kind='mse' (shape (len(saveat), n_states) or "
+                                        "(len(saveat), batch, n_states)).")
+            targets = _as_data("loss.targets", targets)
+        elif targets is not None:
+            raise InvalidInputError("`loss.targets` is only allowed with kind='mse'.")
         self.kind = kind
         self.weights = weights
+        self.targets = targets
 
-    def apply(self, ys, weights=None):
-        """The loss of ``ys`` using only ``*`` and ``.sum()`` (NumPy, torch and JAX arrays alike).
+    @property
+    def data(self) -> np.ndarray | None:
+        """The loss's data array as given: ``weights`` (linear), ``targets`` (mse) or ``None``."""
+        return self.weights if self.kind == "linear" else self.targets
 
-        ``weights`` is :attr:`weights` converted to the caller's framework (required for ``linear``).
+    def data_for(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """:attr:`data` shaped to broadcast against ``ys`` of ``shape`` (a view; ``None`` for sum_squares).
+
+        Raises :class:`InvalidInputError` when the data does not fit ``shape``.
+        """
+        d = self.data
+        if d is None:
+            return None
+        shape = tuple(shape)
+        if d.shape == shape:
+            return d
+        if len(shape) == 3 and d.shape == (shape[0], shape[2]):
+            return d[:, None, :]
+        name = "loss.weights" if self.kind == "linear" else "loss.targets"
+        allowed = f"({shape[0]}, {shape[-1]})" + (f" or {shape}" if len(shape) == 3 else "")
+        raise InvalidInputError(
+            f"`{name}` must have shape (len(saveat), n_states) or (len(saveat), batch, n_states), here {allowed}; "
+            f"got {d.shape}."
+        )
+
+    def apply(self, ys, data=None):
+        """The loss of ``ys`` using only ``*``, ``-`` and ``.sum()`` (NumPy, torch and JAX arrays alike).
+
+        ``data`` is :meth:`data_for` ``(ys.shape)`` converted to the caller's framework (required for ``linear``
+        and ``mse``; :attr:`Problem.loss_data` has it in NumPy).
         """
         if self.kind == "sum_squares":
             return 0.5 * (ys * ys).sum()
-        return (weights * ys).sum()
+        if self.kind == "linear":
+            return (data * ys).sum()
+        r = ys - data
+        return 0.5 * (r * r).sum()
 
     def value(self, ys: np.ndarray) -> float:
         """The loss of NumPy ``ys``."""
-        return float(self.apply(np.asarray(ys, dtype=np.float64), self.weights))
+        ys = np.asarray(ys, dtype=np.float64)
+        return float(self.apply(ys, self.data_for(ys.shape)))
 
     def cotangent(self, ys: np.ndarray) -> np.ndarray:
-        """``dL/dys`` for NumPy ``ys``."""
+        """``dL/dys`` for NumPy ``ys`` (the shape of ``ys``)."""
         ys = np.asarray(ys, dtype=np.float64)
-        return ys.copy() if self.kind == "sum_squares" else np.array(self.weights)
+        if self.kind == "sum_squares":
+            return ys.copy()
+        if self.kind == "linear":
+            return np.array(np.broadcast_to(self.data_for(ys.shape), ys.shape))
+        return ys - self.data_for(ys.shape)
 
     def to_dict(self) -> dict:
         """TOML/JSON-friendly form."""
         d = {"kind": self.kind}
         if self.weights is not None:
             d["weights"] = self.weights.tolist()
+        if self.targets is not None:
+            d["targets"] = self.targets.tolist()
         return d
 
     def __repr__(self) -> str:
-        return f"Loss(kind={self.kind!r})" if self.weights is None else f"Loss(kind={self.kind!r}, weights=...)"
+        if self.data is None:
+            return f"Loss(kind={self.kind!r})"
+        return f"Loss(kind={self.kind!r}, {'weights' if self.kind == 'linear' else 'targets'}=...)"
+
+
+def _as_state(value, n: int) -> np.ndarray:
+    """``y0``: ``(n,)`` or ``(batch, n)``, finite, bounded."""
+    if _booleans(value):
+        raise InvalidInputError(f"`y0` must hold numbers; got booleans in {_short(value)}.")
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"`y0` must be a list of numbers or a (batch, n_states) nested list; got "
+                                f"{_short(value)}.") from None
+    if arr.ndim not in (1, 2):
+        raise InvalidInputError(f"`y0` must have shape (n_states,) or (batch, n_states); got shape {arr.shape}.")
+    if arr.shape[-1] != n:
+        raise InvalidInputError(f"`y0` must have {n} entries per state (n_states); got shape {arr.shape}.")
+    if arr.ndim == 2 and arr.shape[0] < 1:
+        raise InvalidInputError("`y0` must hold at least one state (batch >= 1).")
+    if arr.size > MAX_STATE_ENTRIES:
+        raise InvalidInputError(f"`y0` has {arr.size} entries; at most {MAX_STATE_ENTRIES} are allowed.")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError("`y0` must be finite.")
+    arr.setflags(write=False)
+    return arr
 
 
 def _as_vector(name: str, value, n: int | None = None) -> np.ndarray:
@@ -98,7 +201,10 @@ class Problem:
 
     **Arguments:**
     - ``rhs``: :class:`SymbolicRHS` or :class:`MLPRHS`.
-    - ``y0``: initial state, ``n_states`` finite numbers.
+    - ``y0``: initial state, ``n_states`` finite numbers, or a batch ``(batch, n_states)`` of independent initial
+      states sharing the parameters. A batch is ONE batched solve on every backend (one step sequence for the whole
+      batch, the error norm taken over all ``batch * n_states`` entries, as torchdiffeq and Diffrax do by default);
+      ``dy0`` has the shape of ``y0`` and saved states are ``(len(saveat), batch, n_states)``.
     - ``params``: flat parameters in ``rhs.param_names`` order: an array, or a mapping name -> value for symbolic
       fields (every name required). Defaults to the MLP's initial weights for neural fields.
     - ``tspan``: ``(t0, t1)`` with ``t0 != t1`` (``t1 < t0`` integrates backwards).
@@ -125,7 +231,7 @@ class Problem:
             raise InvalidInputError(f"`name` must be a non-empty string; got {self.name!r}.")
         n = self.rhs.n_states
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        set_("y0", _as_vector("y0", self.y0, n))
+        set_("y0", _as_state(self.y0, n))
         # parameters
         names = self.rhs.param_names
         p = self.params
@@ -175,11 +281,7 @@ class Problem:
         # loss
         if not isinstance(self.loss, Loss):
             raise InvalidInputError(f"`loss` must be a Loss; got {self.loss!r}.")
-        if self.loss.kind == "linear" and self.loss.weights.shape != (s.size, n):
-            raise InvalidInputError(
-                f"`loss.weights` must have shape (len(saveat), n_states) = ({s.size}, {n}); "
-                f"got {self.loss.weights.shape}."
-            )
+        self.loss.data_for(self.ys_shape)  # raises when the loss data does not fit the saved states
 
     # -- convenience -------------------------------------------------------------------------------------
 
@@ -187,6 +289,22 @@ class Problem:
     def n_states(self) -> int:
         """Number of states."""
         return self.rhs.n_states
+
+    @property
+    def batch(self) -> int | None:
+        """Number of trajectories of a batched problem (``y0`` of shape ``(batch, n_states)``), else ``None``."""
+        return self.y0.shape[0] if self.y0.ndim == 2 else None
+
+    @property
+    def ys_shape(self) -> tuple[int, ...]:
+        """Shape of the saved states: ``(len(saveat), *y0.shape)``."""
+        return (self.saveat.size, *self.y0.shape)
+
+    @property
+    def loss_data(self) -> np.ndarray | None:
+        """The loss's weights/targets as NumPy, shaped to broadcast against the saved states (what backends pass to
+        :meth:`Loss.apply` after converting it to their arrays); ``None`` for ``sum_squares``."""
+        return self.loss.data_for(self.ys_shape)
 
     @property
     def n_params(self) -> int:
@@ -223,19 +341,31 @@ class Problem:
             changes["saveat"] = None
         return dataclasses.replace(self, **changes)
 
-    def fingerprint(self) -> str:
-        """A short hash of everything that determines the solution and the loss (cache key for references)."""
+    def digest(self) -> str:
+        """Full SHA-256 hex digest of everything that determines the solution, the loss and its gradient: the
+        field (its :meth:`~AbstractRHS.fingerprint`: expressions, or widths, activation, time input, features),
+        ``y0`` (and its batch shape), parameters, time span, save times, loss kind and weights/targets."""
         h = hashlib.sha256()
         h.update(self.rhs.fingerprint().encode())
         for arr in (self.y0, self.params, np.asarray(self.tspan), self.saveat):
             h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        if self.y0.ndim == 2:  # a (1, n) batch is not the same problem as a single (n,) state
+            h.update(f"|batch{self.y0.shape}".encode())
         h.update(self.loss.kind.encode())
-        if self.loss.weights is not None:
-            h.update(np.ascontiguousarray(self.loss.weights).tobytes())
-        return h.hexdigest()[:16]
+        data = self.loss.data
+        if data is not None:
+            h.update(np.ascontiguousarray(data).tobytes())
+            if self.loss.kind != "linear" or data.ndim != 2:
+                h.update(f"|shape{data.shape}".encode())
+        return h.hexdigest()
+
+    def fingerprint(self) -> str:
+        """A short hash (16 hex digits) of :meth:`digest`'s inputs (cell keys, reference cache keys)."""
+        return self.digest()[:16]
 
     def __repr__(self) -> str:
         return (
             f"Problem(name={self.name!r}, rhs={self.rhs.describe()!r}, n_params={self.n_params}, "
-            f"tspan={self.tspan}, saveat={len(self.saveat)} times, loss={self.loss!r})"
+            + (f"batch={self.batch}, " if self.batch is not None else "")
+            + f"tspan={self.tspan}, saveat={len(self.saveat)} times, loss={self.loss!r})"
         )

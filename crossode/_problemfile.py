@@ -6,7 +6,8 @@ Schema (see the README for examples)::
     description = "..."               # optional
     states = ["x", "y"]               # symbolic fields: state names ...
     rhs = ["a*x + b*y", "c*x + d*y"]  # ... and one expression per state
-    y0 = [1.0, 0.0]
+    y0 = [1.0, 0.0]                   # one state, or a batch [[...], [...], ...] (batch, n_states)
+    # y0_file = "x.npz"               # instead of y0: array "y0" of an .npz next to this file
     tspan = [0.0, 2.0]
     saveat = [0.5, 1.0, 2.0]          # optional, default [t1]
     stiff = false                     # optional hint (reference uses Radau when true)
@@ -17,6 +18,8 @@ Schema (see the README for examples)::
     [mlp]                             # neural fields instead of states/rhs/params
     widths = [2, 16, 2]
     activation = "tanh"               # tanh, relu, softplus, sigmoid, identity
+    time_input = false                # true: f(t, y) = MLP([phi(y), t]) (W1 gets an extra last column for t)
+    features = "identity"             # or "cube": phi(y) = y**3 elementwise (Onken & Ruthotto's spiral model)
     seed = 0                          # seeded initialisation (or give weights/biases)
     scale = 1.0
     weights = [[[...]], ...]          # optional: one (out, in) matrix per layer
@@ -24,25 +27,39 @@ Schema (see the README for examples)::
 
     [loss]
     kind = "sum_squares"              # or "linear" with weights = [[...], ...] (len(saveat) x n_states)
+                                      # or "mse" with targets = [[...], ...] (len(saveat) x n_states, or
+                                      # len(saveat) x batch x n_states)
+    # targets_file = "d.npz"          # instead of targets: array "targets" (weights_file: array "weights")
+
+Array files (``y0_file``, ``targets_file``, ``weights_file``) are ``.npz`` archives (``numpy.savez``) holding an
+array under the documented key (``y0``, ``targets``, ``weights``), paths relative to the problem file. They are read
+with bounds: regular files only, at most :data:`MAX_NPZ_BYTES` on disk, the entry's declared size and shape checked
+before its data is read (at most :data:`~crossode._limits.MAX_STATE_ENTRIES` numbers), no pickles.
 
 Unknown keys are errors (typos must not silently change an experiment).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tomllib
+import zipfile
+
+import numpy as np
 
 from ._errors import InvalidInputError
-from ._limits import read_bounded
+from ._limits import MAX_ARRAY_FILE_BYTES, MAX_STATE_ENTRIES, read_bounded
 from ._problem import Loss, Problem
 from ._rhs import MLPRHS, SymbolicRHS
 
-__all__ = ["load_problem_file", "problem_from_dict", "read_toml"]
+__all__ = ["load_problem_file", "problem_from_dict", "read_toml", "read_npz_array", "MAX_NPZ_BYTES"]
 
-_TOP = {"name", "description", "states", "rhs", "y0", "tspan", "saveat", "stiff", "params", "mlp", "loss"}
-_MLP = {"widths", "activation", "seed", "scale", "weights", "biases"}
-_LOSS = {"kind", "weights"}
+MAX_NPZ_BYTES = MAX_ARRAY_FILE_BYTES
+"""Largest ``.npz`` file (on disk, and each entry uncompressed) a problem file may refer to (``_limits``)."""
+_TOP = {"name", "description", "states", "rhs", "y0", "y0_file", "tspan", "saveat", "stiff", "params", "mlp", "loss"}
+_MLP = {"widths", "activation", "seed", "scale", "weights", "biases", "time_input", "features"}
+_LOSS = {"kind", "weights", "weights_file", "targets", "targets_file"}
 
 
 def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
@@ -62,13 +79,77 @@ def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
         raise InvalidInputError(f"{what} {path!r} is not valid TOML: nested too deeply.") from None
 
 
+def read_npz_array(path: str | os.PathLike, key: str, what: str) -> np.ndarray:
+    """The numeric array ``key`` of the ``.npz`` file ``path``, read with bounds (see the module docstring).
+
+    The file is read with :func:`crossode._limits.read_bounded` (regular files only, at most :data:`MAX_NPZ_BYTES`);
+    every failure is one :class:`InvalidInputError` naming ``what`` (e.g. ``"`y0_file`"``) and the file.
+    """
+    path = os.fspath(path)
+    data = read_bounded(path, what, MAX_NPZ_BYTES)
+    return _npz_entry(io.BytesIO(data), key, f"{what} {path!r}")
+
+
+def _npz_entry(fh, key: str, where: str) -> np.ndarray:
+    try:
+        archive = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise InvalidInputError(f"{where} is not an .npz file (numpy.savez).") from None
+    with archive:
+        names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+        if key not in names:
+            raise InvalidInputError(f"{where} has no array {key!r}; it holds {sorted(names)[:10]}.")
+        info = archive.getinfo(key + ".npy")
+        if info.file_size > MAX_NPZ_BYTES:
+            raise InvalidInputError(f"{where}: array {key!r} is {info.file_size} bytes uncompressed; at most "
+                                    f"{MAX_NPZ_BYTES} are allowed.")
+        try:
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in readers:
+                    raise InvalidInputError(f"{where}: array {key!r} has an unsupported .npy format {version}.")
+                shape, fortran, dtype = readers[version](member)
+                if dtype.kind not in "iuf" or dtype.hasobject:
+                    raise InvalidInputError(f"{where}: array {key!r} must be numeric; got dtype {dtype}.")
+                count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                if count > MAX_STATE_ENTRIES:
+                    raise InvalidInputError(f"{where}: array {key!r} has {count} entries; at most "
+                                            f"{MAX_STATE_ENTRIES} are allowed.")
+                if count * dtype.itemsize > info.file_size:
+                    raise InvalidInputError(f"{where}: array {key!r} is truncated.")
+                data = member.read(count * dtype.itemsize)
+        except InvalidInputError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError) as e:
+            raise InvalidInputError(f"{where}: array {key!r} cannot be read ({e}).") from None
+    if len(data) != count * dtype.itemsize:
+        raise InvalidInputError(f"{where}: array {key!r} is truncated.")
+    arr = np.frombuffer(data, dtype=dtype)
+    arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+    return arr.astype(np.float64)
+
+
+def _array(data: dict, key: str, file_key: str, base_dir: str, what: str | None = None):
+    """``data[key]`` inline, or the array ``key`` of the .npz named by ``data[file_key]`` (not both)."""
+    what = what or key
+    if file_key not in data:
+        return data.get(key)
+    if key in data:
+        raise InvalidInputError(f"give `{what}` or `{file_key}`, not both.")
+    name = data[file_key]
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError(f"`{file_key}` must be a file name (an .npz next to the problem file); got {name!r}.")
+    return read_npz_array(os.path.join(base_dir, name), key, f"`{file_key}`")
+
+
 def load_problem_file(path: str | os.PathLike) -> Problem:
     """Read a TOML problem file; raises :class:`InvalidInputError` naming the file and the bad entry."""
     path = os.fspath(path)
     data = read_toml(path)
     default_name = os.path.splitext(os.path.basename(path))[0]
     try:
-        return problem_from_dict(data, default_name=default_name)
+        return problem_from_dict(data, default_name=default_name, base_dir=os.path.dirname(os.path.abspath(path)))
     except InvalidInputError as e:
         raise type(e)(f"problem file {path!r}: {e}") from None
 
@@ -95,20 +176,28 @@ def _no_booleans(value, where: str) -> None:
             _no_booleans(v, f"{where}[{i}]")
 
 
-def problem_from_dict(data: dict, *, default_name: str = "problem") -> Problem:
-    """Build a :class:`Problem` from the parsed TOML mapping (schema in the module docstring)."""
+def problem_from_dict(data: dict, *, default_name: str = "problem", base_dir: str = ".") -> Problem:
+    """Build a :class:`Problem` from the parsed TOML mapping (schema in the module docstring); array files are
+    read relative to ``base_dir``."""
     if not isinstance(data, dict):
         raise InvalidInputError("a problem definition must be a table.")
     unknown = sorted(set(data) - _TOP)
     if unknown:
         raise InvalidInputError(f"unknown keys {unknown}; allowed: {sorted(_TOP)}.")
-    for key in ("y0", "tspan"):
-        if key not in data:
-            raise InvalidInputError(f"`{key}` is required.")
-    for key in ("y0", "tspan", "saveat", "params", "mlp", "loss"):
+    if "y0" not in data and "y0_file" not in data:
+        raise InvalidInputError("`y0` (or `y0_file`) is required.")
+    if "tspan" not in data:
+        raise InvalidInputError("`tspan` is required.")
+    for key in ("y0", "tspan", "saveat", "params", "loss"):
         _no_booleans(data.get(key), key)
+    mlp_t = data.get("mlp")
+    if isinstance(mlp_t, dict):  # time_input is the one boolean of [mlp]
+        _no_booleans({k: v for k, v in mlp_t.items() if k != "time_input"}, "mlp")
     loss_t = _table(data, "loss", _LOSS)
-    loss = Loss(loss_t.get("kind", "sum_squares"), loss_t.get("weights"))
+    loss = Loss(loss_t.get("kind", "sum_squares"),
+                _array(loss_t, "weights", "weights_file", base_dir, "loss.weights"),
+                _array(loss_t, "targets", "targets_file", base_dir, "loss.targets"))
+    y0 = _array(data, "y0", "y0_file", base_dir)
     if "mlp" in data:
         clash = sorted({"states", "rhs", "params"} & set(data))
         if clash:
@@ -119,7 +208,11 @@ def problem_from_dict(data: dict, *, default_name: str = "problem") -> Problem:
         seed = m.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InvalidInputError(f"`mlp.seed` must be an integer; got {seed!r}.")
-        rhs = MLPRHS(m["widths"], m.get("activation", "tanh"), weights=m.get("weights"), biases=m.get("biases"),
+        time_input = m.get("time_input", False)
+        if not isinstance(time_input, bool):
+            raise InvalidInputError(f"`mlp.time_input` must be true or false; got {time_input!r}.")
+        rhs = MLPRHS(m["widths"], m.get("activation", "tanh"), time_input=time_input,
+                     features=m.get("features", "identity"), weights=m.get("weights"), biases=m.get("biases"),
                      seed=seed, scale=m.get("scale", 1.0))
         params = None
     else:
@@ -138,5 +231,5 @@ def problem_from_dict(data: dict, *, default_name: str = "problem") -> Problem:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise InvalidInputError(f"`description` must be a string; got {description!r}.")
-    return Problem(rhs, y0=data["y0"], params=params, tspan=data["tspan"], saveat=data.get("saveat"), loss=loss,
+    return Problem(rhs, y0=y0, params=params, tspan=data["tspan"], saveat=data.get("saveat"), loss=loss,
                    name=name, description=description, stiff=stiff)

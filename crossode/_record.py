@@ -103,7 +103,8 @@ class Stats:
 
 @dataclasses.dataclass
 class SolveOutput:
-    """Forward-only result: saved states ``ys`` of shape ``(len(saveat), n_states)`` as float64 NumPy."""
+    """Forward-only result: saved states ``ys`` of shape ``(len(saveat), *y0.shape)`` as float64 NumPy
+    (``(len(saveat), batch, n_states)`` for a batched problem)."""
 
     ys: np.ndarray
     stats: Stats
@@ -111,7 +112,8 @@ class SolveOutput:
 
 @dataclasses.dataclass
 class GradientOutput:
-    """Loss and its gradient w.r.t. the flat parameters and ``y0`` (float64 NumPy, neutral layouts).
+    """Loss and its gradient w.r.t. the flat parameters and ``y0`` (float64 NumPy, neutral layouts; ``dy0`` has
+    the shape of ``y0``).
 
     ``dt0``/``dt1`` are the gradients w.r.t. the start and end times where the backend provides them.
     """

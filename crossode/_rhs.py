@@ -1,12 +1,25 @@
 """Vector fields defined once: :class:`SymbolicRHS` (SymPy) and :class:`MLPRHS` (an MLP spec with NumPy weights).
 
-Both give exact NumPy evaluations of ``f``, ``df/dy`` and ``df/dp`` (used by the independent reference) and
-enough structure for each backend to build the same function natively.
+Both give exact, float64 NumPy evaluations used by the independent reference: ``f``, ``df/dy``, ``df/dp`` and the
+vector-Jacobian product ``vjp`` (``a^T df/dy``, ``a^T df/dp``), and enough structure for each backend to build the
+same function natively.
 
-MLP flat parameter layout (the ``params`` vector of a neural problem): for each layer ``l = 1..L`` in order,
-the weight matrix ``W_l`` of shape ``(out_l, in_l)`` flattened row-major (C order), then the bias ``b_l`` of shape
-``(out_l,)``. Names are ``W{l}[i,j]`` and ``b{l}[i]`` with 1-based layer numbers and 0-based indices.
-The field is ``f(t, y) = W_L s(... s(W_1 y + b_1) ...) + b_L`` with the activation ``s`` on hidden layers only.
+Shapes: ``y`` is one state ``(n_states,)`` or a batch ``(batch, n_states)`` of independent states sharing the
+parameters (any leading dimensions work); ``f`` returns the shape of ``y``, ``jac_y`` ``(..., n_states, n_states)``,
+``jac_p`` ``(..., n_states, n_params)``, and ``vjp(t, y, p, a)`` returns ``(a^T df/dy`` with the shape of ``y``,
+``a^T df/dp`` summed over the batch, shape ``(n_params,))``. Every batched evaluation is vectorised (one matrix
+product per layer for MLPs, one array expression per component for symbolic fields).
+
+MLP field: ``f(t, y) = W_L s(... s(W_1 u + b_1) ...) + b_L`` with the activation ``s`` on hidden layers only and the
+input ``u = phi(y)`` (``features``: ``"identity"`` or ``"cube"``, ``phi(y) = y**3`` elementwise, the Onken &
+Ruthotto / torchdiffeq spiral model), or ``u = [phi(y), t]`` with ``time_input=True`` (``t`` is not passed through
+``phi``). ``widths = [n_states, h_1, ..., n_states]`` either way; with ``time_input`` the first layer's ``W_1`` has
+``n_states + 1`` columns, the last one multiplying ``t``.
+
+MLP flat parameter layout (the ``params`` vector of a neural problem, and the ``dparams`` every backend returns):
+for each layer ``l = 1..L`` in order, the weight matrix ``W_l`` of shape ``(out_l, in_l)`` flattened row-major
+(C order), then the bias ``b_l`` of shape ``(out_l,)``. Names are ``W{l}[i,j]`` and ``b{l}[i]`` with 1-based layer
+numbers and 0-based indices (``W1[i,n_states]`` is the time weight of hidden unit ``i`` when ``time_input``).
 """
 
 from __future__ import annotations
@@ -21,9 +34,16 @@ import sympy
 
 from ._errors import InvalidInputError, fmt_choices
 from ._expr import check_name, parse_expression
-from ._limits import check_mlp_size, check_symbolic_size
+from ._limits import MAX_PARAMS, check_mlp_size, check_symbolic_size
 
-__all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS"]
+__all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS", "FEATURES"]
+
+
+def _stack(values, lead: tuple[int, ...]) -> np.ndarray:
+    """Stack lambdified components (numbers or arrays) along a new last axis, broadcast to ``lead``."""
+    if len(values) == 0:
+        return np.zeros((*lead, 0))
+    return np.stack([np.broadcast_to(np.asarray(v, dtype=np.float64), lead) for v in values], axis=-1)
 
 
 class AbstractRHS(abc.ABC):
@@ -41,15 +61,20 @@ class AbstractRHS(abc.ABC):
 
     @abc.abstractmethod
     def f(self, t: float, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """``dy/dt`` as float64 NumPy, shape ``(n_states,)``."""
+        """``dy/dt`` as float64 NumPy, the shape of ``y`` (``(n_states,)`` or ``(batch, n_states)``)."""
 
     @abc.abstractmethod
     def jac_y(self, t: float, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Exact ``df/dy``, shape ``(n_states, n_states)``."""
+        """Exact ``df/dy`` per state, shape ``(..., n_states, n_states)``."""
 
     @abc.abstractmethod
     def jac_p(self, t: float, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Exact ``df/dp``, shape ``(n_states, n_params)``."""
+        """Exact ``df/dp`` per state, shape ``(..., n_states, n_params)``."""
+
+    @abc.abstractmethod
+    def vjp(self, t: float, y: np.ndarray, p: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``(a^T df/dy, a^T df/dp)`` for a cotangent ``a`` shaped like ``y``: the first shaped like ``y``,
+        the second ``(n_params,)``, summed over the batch."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -163,27 +188,46 @@ class SymbolicRHS(AbstractRHS):
         args = (self.t_symbol, self.state_symbols, self.param_symbols)
         f = sympy.lambdify(args, list(self.exprs), modules="numpy")
         m = sympy.Matrix(self.exprs)
-        jy = sympy.lambdify(args, m.jacobian(self.state_symbols), modules="numpy")
-        jp = (
-            sympy.lambdify(args, m.jacobian(self.param_symbols), modules="numpy")
-            if self.params
-            else None
-        )
-        return f, jy, jp
+        jac_y = m.jacobian(self.state_symbols)
+        jac_p = m.jacobian(self.param_symbols) if self.params else sympy.zeros(self.n_states, 0)
+        jy = sympy.lambdify(args, list(jac_y), modules="numpy")
+        jp = sympy.lambdify(args, list(jac_p), modules="numpy") if self.params else None
+        # VJP: a^T J as one expression per output component (exact; zero Jacobian entries drop out)
+        cot = tuple(sympy.Symbol(f"_a{i}", real=True) for i in range(self.n_states))
+        row = sympy.Matrix([cot])
+        vjp_exprs = list(row * jac_y) + (list(row * jac_p) if self.params else [])
+        vjp = sympy.lambdify(args + (cot,), vjp_exprs, modules="numpy")
+        return f, jy, jp, vjp
+
+    @staticmethod
+    def _components(y: np.ndarray):
+        """``y[..., i]`` for each state (NumPy scalars for one state, arrays for a batch)."""
+        return tuple(np.moveaxis(y, -1, 0))
 
     def f(self, t, y, p):
-        out = self._numpy[0](t, tuple(y), tuple(p))
-        return np.asarray([float(v) for v in out], dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        return _stack(self._numpy[0](t, self._components(y), tuple(p)), y.shape[:-1])
 
     def jac_y(self, t, y, p):
-        return np.asarray(self._numpy[1](t, tuple(y), tuple(p)), dtype=np.float64).reshape(self.n_states, self.n_states)
+        y = np.asarray(y, dtype=np.float64)
+        lead, n = y.shape[:-1], self.n_states
+        return _stack(self._numpy[1](t, self._components(y), tuple(p)), lead).reshape(*lead, n, n)
 
     def jac_p(self, t, y, p):
+        y = np.asarray(y, dtype=np.float64)
+        lead, n = y.shape[:-1], self.n_states
         if self._numpy[2] is None:
-            return np.zeros((self.n_states, 0))
-        return np.asarray(self._numpy[2](t, tuple(y), tuple(p)), dtype=np.float64).reshape(
-            self.n_states, len(self.params)
-        )
+            return np.zeros((*lead, n, 0))
+        return _stack(self._numpy[2](t, self._components(y), tuple(p)), lead).reshape(*lead, n, len(self.params))
+
+    def vjp(self, t, y, p, a):
+        y = np.asarray(y, dtype=np.float64)
+        a = np.broadcast_to(np.asarray(a, dtype=np.float64), y.shape)
+        lead, n = y.shape[:-1], self.n_states
+        out = _stack(self._numpy[3](t, self._components(y), tuple(p), self._components(a)), lead)
+        vy = out[..., :n]
+        vp = out[..., n:].reshape(-1, len(self.params)).sum(axis=0) if self.params else np.zeros(0)
+        return vy, vp
 
     @functools.cached_property
     def linear_matrix(self) -> sympy.Matrix | None:
@@ -228,6 +272,8 @@ class SymbolicRHS(AbstractRHS):
 ACTIVATIONS = ("tanh", "relu", "softplus", "sigmoid", "identity")
 """Activations an :class:`MLPRHS` may use on its hidden layers."""
 
+FEATURES = ("identity", "cube")
+"""Elementwise input feature maps of an :class:`MLPRHS` (``cube``: ``y -> y**3``)."""
 
 def _act(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Activation value and derivative."""
@@ -244,12 +290,27 @@ def _act(name: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z, np.ones_like(z)
 
 
+def _feature(name: str, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature map value and (elementwise) derivative."""
+    if name == "cube":
+        return y * y * y, 3.0 * y * y
+    return y, np.ones_like(y)
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    """``x`` with every leading dimension folded into one batch dimension."""
+    return x.reshape(-1, x.shape[-1])
+
+
 class MLPRHS(AbstractRHS):
-    """An autonomous MLP vector field ``f(t, y) = MLP(y)`` (see the module docstring for the flat layout).
+    """An MLP vector field (see the module docstring for the input map and the flat layout).
 
     **Arguments:**
-    - ``widths``: layer widths ``[n_states, h_1, ..., n_states]`` (at least two entries, first == last).
+    - ``widths``: layer widths ``[n_states, h_1, ..., n_states]`` (at least two entries, first == last; any depth
+      within :data:`crossode._limits.MAX_MLP_LAYERS` layers and :data:`~crossode._limits.MAX_PARAMS` parameters).
     - ``activation``: one of :data:`ACTIVATIONS`, applied on hidden layers.
+    - ``time_input``: ``f(t, y) = MLP([phi(y), t])`` (the first layer gets ``n_states + 1`` input columns).
+    - ``features``: the elementwise input map ``phi``, one of :data:`FEATURES` (``"cube"``: ``y -> y**3``).
     - ``weights``/``biases``: optional initial values (lists of arrays, shapes ``(out, in)`` / ``(out,)``);
       if omitted, seeded initialisation: ``W ~ U(-s, s)`` with ``s = scale/sqrt(in)``, ``b ~ U(-s, s)``, from
       ``numpy.random.default_rng(seed)``, layer by layer (W then b).
@@ -260,6 +321,8 @@ class MLPRHS(AbstractRHS):
         widths: Sequence[int],
         activation: str = "tanh",
         *,
+        time_input: bool = False,
+        features: str = "identity",
         weights: Sequence[np.ndarray] | None = None,
         biases: Sequence[np.ndarray] | None = None,
         seed: int = 0,
@@ -280,7 +343,18 @@ class MLPRHS(AbstractRHS):
             )
         if activation not in ACTIVATIONS:
             raise InvalidInputError(f"`activation` must be one of {fmt_choices(ACTIVATIONS)}; got {activation!r}.")
-        shapes = [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)]
+        if not isinstance(time_input, (bool, np.bool_)):
+            raise InvalidInputError(f"`time_input` must be true or false; got {time_input!r}.")
+        if features not in FEATURES:
+            raise InvalidInputError(f"`features` must be one of {fmt_choices(FEATURES)}; got {features!r}.")
+        time_input = bool(time_input)
+        shapes = [(widths[i + 1], widths[i] + (1 if time_input and i == 0 else 0)) for i in range(len(widths) - 1)]
+        n_params = sum(o * i + o for o, i in shapes)
+        if n_params > MAX_PARAMS:  # check_mlp_size counted without the time column
+            raise InvalidInputError(f"an MLP with widths {list(widths)} and a time input has {n_params:,} parameters; "
+                                    f"at most {MAX_PARAMS:,} are allowed.")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating)) or not np.isfinite(scale):
+            raise InvalidInputError(f"`scale` must be a finite number; got {scale!r}.")
         if weights is None and biases is None:
             rng = np.random.default_rng(seed)
             weights, biases = [], []
@@ -294,8 +368,11 @@ class MLPRHS(AbstractRHS):
             raise InvalidInputError(f"`weights`/`biases` must have {len(shapes)} entries each for widths {widths}.")
         ws, bs = [], []
         for i, ((out, inp), w, b) in enumerate(zip(shapes, weights, biases)):
-            w = np.asarray(w, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64)
+            try:
+                w = np.asarray(w, dtype=np.float64)
+                b = np.asarray(b, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"layer {i + 1}: weights and biases must be numeric arrays.") from None
             if w.shape != (out, inp) or b.shape != (out,):
                 raise InvalidInputError(
                     f"layer {i + 1}: expected weights {(out, inp)} and bias {(out,)}; got {w.shape} and {b.shape}."
@@ -306,6 +383,8 @@ class MLPRHS(AbstractRHS):
             bs.append(b)
         self.widths = widths
         self.activation = activation
+        self.time_input = time_input
+        self.features = features
         self.shapes = tuple(shapes)
         self._init = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in zip(ws, bs)])
 
@@ -316,6 +395,11 @@ class MLPRHS(AbstractRHS):
     @property
     def n_params(self) -> int:
         return sum(o * i + o for o, i in self.shapes)
+
+    @property
+    def time_dependent(self) -> bool:
+        """Whether ``f`` depends explicitly on ``t`` (``time_input``)."""
+        return self.time_input
 
     @functools.cached_property
     def param_names(self) -> tuple[str, ...]:
@@ -340,44 +424,86 @@ class MLPRHS(AbstractRHS):
             out.append((w, b))
         return out
 
+    def _extras(self) -> str:
+        extra = ", time input" if self.time_input else ""
+        return extra + (f", {self.features} features" if self.features != "identity" else "")
+
     def describe(self) -> str:
-        return f"MLP {'-'.join(map(str, self.widths))} {self.activation} ({self.n_params} params)"
+        return f"MLP {'-'.join(map(str, self.widths))} {self.activation}{self._extras()} ({self.n_params} params)"
 
     def fingerprint(self) -> str:
-        return f"mlp|{self.widths}|{self.activation}"
+        # the defaults add nothing, so fingerprints (and cached references, sweep cell keys) of older problems stay
+        fp = f"mlp|{self.widths}|{self.activation}"
+        if self.time_input:
+            fp += "|time_input"
+        if self.features != "identity":
+            fp += f"|features={self.features}"
+        return fp
 
     def __repr__(self) -> str:
-        return f"MLPRHS(widths={list(self.widths)}, activation={self.activation!r})"
+        extra = ", time_input=True" if self.time_input else ""
+        extra += f", features={self.features!r}" if self.features != "identity" else ""
+        return f"MLPRHS(widths={list(self.widths)}, activation={self.activation!r}{extra})"
 
-    def _forward(self, y, p):
+    # -- exact NumPy evaluation ----------------------------------------------------------------------------
+
+    def _forward(self, t, y, p):
+        """``(layers, inputs, act', out, phi')``: ``inputs[l]`` is layer ``l``'s input, ``act'[l]`` the activation
+        derivative at layer ``l``'s output (hidden layers), ``phi'`` the feature map's derivative."""
         layers = self.unflatten(np.asarray(p, dtype=np.float64))
-        hs, ds = [np.asarray(y, dtype=np.float64)], []
-        for w, b in layers[:-1]:
-            h, d = _act(self.activation, w @ hs[-1] + b)
-            hs.append(h)
+        y = np.asarray(y, dtype=np.float64)
+        x, dx = _feature(self.features, y)
+        w, b = layers[0]
+        n = self.n_states
+        if self.time_input:
+            u0 = np.concatenate([x, np.full((*y.shape[:-1], 1), float(t))], axis=-1)
+            z = x @ w[:, :n].T + (b + float(t) * w[:, n])
+        else:
+            u0 = x
+            z = x @ w.T + b
+        inputs, ds = [u0], []
+        for w, b in layers[1:]:
+            h, d = _act(self.activation, z)
+            inputs.append(h)
             ds.append(d)
-        w, b = layers[-1]
-        return layers, hs, ds, w @ hs[-1] + b
+            z = h @ w.T + b
+        return layers, inputs, ds, z, dx
 
     def f(self, t, y, p):
-        return self._forward(y, p)[3]
+        return self._forward(t, y, p)[3]
 
     def jac_y(self, t, y, p):
-        layers, hs, ds, _ = self._forward(y, p)
+        layers, _, ds, _, dx = self._forward(t, y, p)
         j = layers[-1][0]
-        for (w, _), d in zip(reversed(layers[:-1]), reversed(ds)):
-            j = (j * d) @ w
-        return j
+        for layer in range(len(layers) - 2, -1, -1):
+            j = (j * ds[layer][..., None, :]) @ layers[layer][0]
+        return j[..., : self.n_states] * dx[..., None, :]
 
     def jac_p(self, t, y, p):
-        layers, hs, ds, _ = self._forward(y, p)
+        layers, inputs, ds, _, _ = self._forward(t, y, p)
         n = self.n_states
+        lead = np.shape(y)[:-1]
+        back = np.broadcast_to(np.eye(n), (*lead, n, n))  # d out / d z_l, starting at the output layer
         blocks = []
-        back = np.eye(n)  # d out / d z_l, starting at the output layer
         for layer in range(len(layers) - 1, -1, -1):
-            h_in = hs[layer]
-            dw = (back[:, :, None] * h_in[None, None, :]).reshape(n, -1)
-            blocks.append(np.concatenate([dw, back], axis=1))
+            u = inputs[layer]
+            dw = (back[..., :, :, None] * u[..., None, None, :]).reshape(*lead, n, -1)
+            blocks.append(np.concatenate([dw, back], axis=-1))
             if layer > 0:
-                back = (back @ layers[layer][0]) * ds[layer - 1]
-        return np.concatenate(blocks[::-1], axis=1)
+                back = (back @ layers[layer][0]) * ds[layer - 1][..., None, :]
+        return np.concatenate(blocks[::-1], axis=-1)
+
+    def vjp(self, t, y, p, a):
+        layers, inputs, ds, _, dx = self._forward(t, y, p)
+        shape = np.shape(y)
+        delta = _flat(np.broadcast_to(np.asarray(a, dtype=np.float64), shape))
+        grads = [None] * len(layers)
+        for layer in range(len(layers) - 1, -1, -1):
+            w = layers[layer][0]
+            grads[layer] = ((delta.T @ _flat(inputs[layer])).ravel(), delta.sum(axis=0))
+            if layer > 0:
+                delta = (delta @ w) * _flat(ds[layer - 1])
+            else:
+                delta = delta @ w
+        vy = (delta[:, : self.n_states] * _flat(dx)).reshape(shape)
+        return vy, np.concatenate([np.concatenate(g) for g in grads])

@@ -179,6 +179,42 @@ def _supporters() -> dict:
     return out
 
 
+def _feature_problems() -> dict:
+    """One small problem per neutral feature beyond the basic single-state problem (for ``crossode list``)."""
+    import numpy as np
+
+    from ._problem import Loss, Problem
+    from ._rhs import MLPRHS
+
+    base = dict(tspan=(0.0, 1.0), saveat=[1.0])
+    return {
+        "batch (y0 of shape (batch, n))": Problem(MLPRHS([2, 4, 2]), y0=np.ones((3, 2)), **base),
+        "mse loss (data targets)": Problem(MLPRHS([2, 4, 2]), y0=[1.0, 0.0], loss=Loss("mse", targets=[[0.0, 1.0]]),
+                                           **base),
+        "MLP time input": Problem(MLPRHS([2, 4, 2], time_input=True), y0=[1.0, 0.0], **base),
+        "MLP cube features": Problem(MLPRHS([2, 4, 2], features="cube"), y0=[1.0, 0.0], **base),
+    }
+
+
+def feature_support() -> dict[str, dict[str, str | None]]:
+    """``{feature: {backend: None | reason}}``: each backend's ``supports()`` on a small problem with the feature
+    (``dopri5`` + ``direct``, adaptive, CPU)."""
+    from ._sensitivity import Direct
+    from ._solvers import Dopri5
+
+    supporters = _supporters()
+    out = {}
+    for feature, problem in _feature_problems().items():
+        row = {}
+        for name, supports in supporters.items():
+            try:
+                row[name] = supports(problem, Dopri5(), Direct(), Adaptive(), "cpu")
+            except Exception as e:  # noqa: BLE001
+                row[name] = f"{type(e).__name__}: {e}"
+        out[feature] = row
+    return out
+
+
 def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]:
     """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()`` (on a CPU;
     adaptive steps where the solver has an error estimate, else ``Fixed(dt=0.1)``), without importing torch or
@@ -238,6 +274,11 @@ def cmd_list(args) -> int:
         print(f"  {name:15s} {cls.family.upper()}  {(cls.__doc__ or '').strip().splitlines()[0]}")
     print("support matrix (each cell: the backends whose supports() accepts the pair on a CPU, float64):")
     print(support_matrix_markdown())
+    print("problem features (backends whose supports() accepts a dopri5 + direct cell of such a problem):")
+    for feature, row in feature_support().items():
+        ok = [b for b, reason in row.items() if reason is None]
+        missing = "; ".join(f"not {b}: {reason}" for b, reason in row.items() if reason is not None)
+        print(f"  {feature:32s} {', '.join(ok) or '-'}" + (f"  ({missing})" if missing else ""))
     return 0
 
 

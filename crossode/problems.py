@@ -21,7 +21,16 @@ cubic_spiral           y' = A^T y^3, A = [[-0.1, 2], [-2, -0.1]], [2, 0], (0, 1.
                        29 saves                                                        torchdiffeq ode_demo
 error_norm_trap        u1' = p1 (u1 - u2), u2' = p2 (u2 - u1), p = (1, 1), [1, 1], 5    Sapienza et al. §4.1.2.4
 mlp                    y' = MLP(y), widths [2, 32, 2], tanh, seed 0, y0 [1, 0], T = 1   Diffrax neural ODE style
+mlp_fit                batch of 64 states in R^8, y' = MLP([y, t]) 8-64-64-8 tanh (time  neural-ODE practice
+                       input), mse to a damped linear oscillator's trajectories at
+                       4 saves, T = 1 (the scale benchmarks' problem: batch, widths)
+spiral_fit             batch of 20 windows of the cubic spiral (10 points, dt 25/999),  Onken & Ruthotto;
+                       y' = MLP(y^3) 2-50-2 tanh (cube features), mse to the true       torchdiffeq ode_demo
+                       spiral
 =====================  ==============================================================  =========================
+
+Batched problems (``mlp_fit``, ``spiral_fit``) accept ``batch``; ``mlp_fit`` also ``widths`` (e.g. ``[32, 128, 128,
+32]``), ``time_input``, ``features`` and ``activation``: the sweep overrides ``{batch = 512, widths = [...]}``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._errors import InvalidInputError, fmt_choices
-from ._limits import MAX_MLP_LAYERS, MAX_SAVES, check_count, check_symbolic_size
+from ._limits import MAX_MLP_LAYERS, MAX_SAVES, MAX_STATE_ENTRIES, check_count, check_symbolic_size
 from ._problem import Loss, Problem
 from ._rhs import MLPRHS, SymbolicRHS
 
@@ -153,6 +162,80 @@ def mlp(n: int = 2, width: int = 32, depth: int = 1, activation: str = "tanh", s
     return Problem(rhs, y0=y0, tspan=(0.0, t1), saveat=[t1 / 2, t1], name="mlp", description=rhs.describe())
 
 
+def _positive_int(name: str, value, limit: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"`{name}` must be a positive integer; got {value!r}.")
+    if limit is not None and value > limit:
+        raise InvalidInputError(f"`{name}` = {value} is too large; at most {limit} is allowed here.")
+    return int(value)
+
+
+def _check_batch(batch, n: int, n_save: int) -> int:
+    batch = _positive_int("batch", batch)
+    if batch * n * max(n_save, 1) > MAX_STATE_ENTRIES:
+        raise InvalidInputError(
+            f"`batch` = {batch} with {n} states and {n_save} saves needs {batch * n * n_save} target entries; at most "
+            f"{MAX_STATE_ENTRIES} are allowed."
+        )
+    return batch
+
+
+def mlp_fit(batch: int = 64, n: int = 8, width: int = 64, depth: int = 2, widths=None, activation: str = "tanh",
+            time_input: bool = True, features: str = "identity", seed: int = 0, t1: float = 1.0,
+            n_save: int = 4) -> Problem:
+    """A batched neural ODE fitted (mse) to trajectories of a damped linear oscillator (scale benchmarks)."""
+    if widths is None:
+        n, width, depth = (_positive_int(k, v) for k, v in (("n", n), ("width", width), ("depth", depth)))
+        check_count("depth", depth, MAX_MLP_LAYERS - 1)  # before a list of `depth` widths exists
+        widths = [n] + [width] * depth + [n]
+    elif isinstance(widths, (list, tuple)) and widths and not isinstance(widths[0], bool) and isinstance(
+            widths[0], (int, np.integer)):
+        n = int(widths[0])
+    n_save = _positive_int("n_save", n_save, MAX_SAVES)
+    rhs = MLPRHS(widths, activation, time_input=time_input, features=features, seed=seed)  # validates widths
+    batch = _check_batch(batch, n, n_save)
+    rng = np.random.default_rng(seed + 1)
+    y0 = rng.standard_normal((batch, n))
+    # teacher: y' = A y, A = (S - S^T) * 2/sqrt(n) - 0.1 I (rotations, slowly damped)
+    s = rng.standard_normal((n, n))
+    a = (s - s.T) * (2.0 / np.sqrt(n)) - 0.1 * np.eye(n)
+    saveat = np.linspace(t1 / n_save, t1, n_save)
+    targets = _linear_flow(a, y0, saveat)
+    return Problem(rhs, y0=y0, tspan=(0.0, t1), saveat=saveat, loss=Loss("mse", targets=targets), name="mlp_fit",
+                   description=f"batch {batch}, {rhs.describe()}, mse to a linear oscillator")
+
+
+def _linear_flow(a: np.ndarray, y0: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """``y(t) = expm(t A) y0`` for each ``t`` (rows of ``y0`` are states): ``(len(ts), *y0.shape)``."""
+    import scipy.linalg
+
+    return np.stack([y0 @ scipy.linalg.expm(t * a).T for t in ts])
+
+
+def spiral_fit(batch: int = 20, n_save: int = 9, width: int = 50, seed: int = 0) -> Problem:
+    """Onken & Ruthotto's (torchdiffeq ode_demo's) spiral model MLP(y^3) fitted (mse) to batches of the true spiral."""
+    import scipy.integrate
+
+    n_save = _positive_int("n_save", n_save, 998)
+    batch = _check_batch(batch, 2, n_save)
+    if batch > 1000 - n_save - 1:
+        raise InvalidInputError(f"`batch` must be at most {1000 - n_save - 1} (distinct windows); got {batch}.")
+    width = _positive_int("width", width)
+    # the data: torchdiffeq ode_demo's true spiral y' = A^T y^3 from [2, 0] on 1000 points of [0, 25]
+    a = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+    t = np.linspace(0.0, 25.0, 1000)
+    true = scipy.integrate.solve_ivp(lambda _t, y: (y**3) @ a, (0.0, 25.0), [2.0, 0.0], t_eval=t, method="DOP853",
+                                     rtol=1e-12, atol=1e-12).y.T
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.choice(1000 - n_save - 1, size=batch, replace=False))
+    y0 = true[starts]
+    saveat = t[1 : n_save + 1]
+    targets = np.stack([true[starts + k] for k in range(1, n_save + 1)])
+    rhs = MLPRHS([2, width, 2], "tanh", features="cube", seed=seed)
+    return Problem(rhs, y0=y0, tspan=(0.0, float(saveat[-1])), saveat=saveat, loss=Loss("mse", targets=targets),
+                   name="spiral_fit", description=f"batch {batch}, {rhs.describe()}, mse to the true cubic spiral")
+
+
 PROBLEMS: dict[str, Callable[..., Problem]] = {
     "linear": linear,
     "exponential_decay": exponential_decay,
@@ -165,6 +248,8 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "cubic_spiral": cubic_spiral,
     "error_norm_trap": error_norm_trap,
     "mlp": mlp,
+    "mlp_fit": mlp_fit,
+    "spiral_fit": spiral_fit,
 }
 """Zoo problem factories by name."""
 

@@ -18,6 +18,19 @@ def data_dir() -> pathlib.Path:
     return DATA
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _reference_cache(tmp_path_factory):
+    """References are cached on disk in a fresh directory per test session (never the user's ~/.cache); the
+    environment variable reaches subprocesses (CLI, sweep workers) too."""
+    old = os.environ.get("CROSSODE_CACHE")
+    os.environ["CROSSODE_CACHE"] = str(tmp_path_factory.mktemp("crossode-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CROSSODE_CACHE", None)
+    else:
+        os.environ["CROSSODE_CACHE"] = old
+
+
 @pytest.fixture
 def boom_backend():
     """A backend whose solves raise a multi-line RuntimeError: an unexpected backend crash, for harness/CLI tests of

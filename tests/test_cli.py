@@ -28,6 +28,17 @@ def test_list_shows_support_matrix(capsys):
     assert main(["list"]) == 0
     text = capsys.readouterr().out
     assert "support matrix" in text and "lotka_volterra" in text and "mali" in text
+    assert "mlp_fit" in text and "spiral_fit" in text
+    features = text[text.index("problem features"):]
+    from crossode.cli import feature_support
+
+    table = feature_support()
+    assert set(table) == {"batch (y0 of shape (batch, n))", "mse loss (data targets)", "MLP time input",
+                          "MLP cube features"}
+    for feature, row in table.items():
+        assert feature in features and "julia" in row  # Julia's supports() is pure Python: always listed
+        for backend, reason in row.items():
+            assert reason is None, (feature, backend, reason)
 
 
 def test_list_and_info_devices_load_no_framework():

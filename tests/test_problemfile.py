@@ -133,3 +133,139 @@ def test_huge_problems_are_refused_up_front(tmp_path, text, match):
     with pytest.raises(InvalidInputError, match=match):
         load_problem_file(f)
     assert time.perf_counter() - start < 5.0
+
+
+# --------------------------------------------------------------------------------- batches, mse, .npz arrays
+
+import os  # noqa: E402
+import zipfile  # noqa: E402
+
+from crossode import get_problem  # noqa: E402
+from crossode._problemfile import MAX_NPZ_BYTES  # noqa: E402
+
+BATCHED = """y0_file = "x.npz"
+tspan = [0.0, 1.0]
+saveat = [0.5, 1.0]
+[mlp]
+widths = [2, 4, 2]
+time_input = true
+features = "cube"
+[loss]
+kind = "mse"
+targets_file = "x.npz"
+"""
+
+
+def test_done_when_file_is_the_batched_zoo_problem(data_dir):
+    p = load_problem_file(data_dir / "batched_mlp.toml")
+    z = get_problem("mlp_fit")
+    assert p.batch == 64 and p.rhs.widths == (8, 64, 64, 8) and p.rhs.time_input and p.loss.kind == "mse"
+    assert p.loss.targets.shape == (4, 64, 8) and p.n_params == z.n_params
+    np.testing.assert_allclose(p.loss.targets, z.loss.targets, rtol=1e-12)
+    np.testing.assert_array_equal(p.y0, z.y0)
+    np.testing.assert_array_equal(p.params, z.params)
+
+
+def test_npz_arrays_and_inline_batch(tmp_path):
+    y0 = np.array([[1.0, 0.5], [0.0, -1.0], [0.2, 0.3]])
+    targets = np.ones((2, 3, 2))
+    np.savez_compressed(tmp_path / "x.npz", y0=y0, targets=targets)
+    (tmp_path / "p.toml").write_text(BATCHED)
+    p = load_problem_file(tmp_path / "p.toml")
+    assert p.rhs.time_input and p.rhs.features == "cube" and p.rhs.shapes[0] == (4, 3)
+    np.testing.assert_array_equal(p.y0, y0)
+    np.testing.assert_array_equal(p.loss.targets, targets)
+    inline = ('y0 = [[1.0, 0.5], [0.0, -1.0], [0.2, 0.3]]\ntspan = [0.0, 1.0]\nsaveat = [0.5, 1.0]\n'
+              '[mlp]\nwidths = [2, 4, 2]\n[loss]\nkind = "mse"\ntargets = [[1.0, 1.0], [0.0, 2.0]]\n')
+    (tmp_path / "q.toml").write_text(inline)
+    q = load_problem_file(tmp_path / "q.toml")
+    assert q.batch == 3 and q.loss_data.shape == (2, 1, 2)
+
+
+def _write_npz_with_header(path, key, header_shape, data=b""):
+    """An .npz whose entry declares ``header_shape`` but holds only ``data`` (a lying header)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(key + ".npy", buf.getvalue() + data)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing_key", "no array 'targets'"),
+    ("wrong_shape", "loss.targets"),
+    ("wrong_y0_shape", "y0"),
+    ("huge_file", "bytes; at most"),
+    ("directory", "is a directory"),
+    ("fifo", "not a regular file"),
+    ("not_zip", "not an .npz file"),
+    ("object_array", "must be numeric"),
+    ("lying_header", "entries; at most"),
+    ("truncated", "truncated"),
+    ("missing_file", "does not exist"),
+    ("both", "not both"),
+])
+def test_bad_npz_inputs_are_one_line_errors(tmp_path, case, match):
+    y0 = np.zeros((3, 2))
+    good = dict(y0=y0, targets=np.ones((2, 3, 2)))
+    text = BATCHED
+    npz = tmp_path / "x.npz"
+    if case == "missing_key":
+        np.savez(npz, y0=y0)
+    elif case == "wrong_shape":
+        np.savez(npz, y0=y0, targets=np.ones((2, 4, 2)))
+    elif case == "wrong_y0_shape":
+        np.savez(npz, y0=np.zeros((3, 5)), targets=np.ones((2, 3, 2)))
+    elif case == "huge_file":
+        with open(npz, "wb") as fh:
+            fh.truncate(MAX_NPZ_BYTES + 1)  # sparse: nothing is written or read
+    elif case == "directory":
+        npz.mkdir()
+    elif case == "fifo":
+        os.mkfifo(npz)  # opening it must neither block nor be read
+    elif case == "not_zip":
+        npz.write_bytes(b"\x93NUMPY not a zip")
+    elif case == "object_array":
+        np.savez(npz, y0=np.array([{"a": 1}], dtype=object), targets=np.ones((2, 3, 2)))
+    elif case == "lying_header":
+        _write_npz_with_header(npz, "targets", (10**6, 10**6))
+    elif case == "truncated":
+        _write_npz_with_header(npz, "targets", (2, 3, 2), data=b"\x00" * 8)
+    elif case == "missing_file":
+        text = text.replace('y0_file = "x.npz"', 'y0_file = "nope.npz"')
+        np.savez(npz, **good)
+    elif case == "both":
+        text = "y0 = [1.0, 2.0]\n" + text
+        np.savez(npz, **good)
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(InvalidInputError, match=match) as err:
+        load_problem_file(tmp_path / "p.toml")
+    message = str(err.value)
+    assert "\n" not in message and "p.toml" in message
+
+
+@pytest.mark.parametrize("text, match", [
+    ('y0=[1.0]\ntspan=[0,1]\n[mlp]\nwidths=[1,2,1]\ntime_input=1', "mlp.time_input"),
+    ('y0=[1.0]\ntspan=[0,1]\n[mlp]\nwidths=[1,2,1]\nfeatures="square"', "features"),
+    ('y0=[[1.0],[2.0]]\ntspan=[0,1]\n[mlp]\nwidths=[1,2,1]\n[loss]\nkind="mse"', "targets"),
+    ('y0=[1.0]\ntspan=[0,1]\n[mlp]\nwidths=[1,2,1]\n[loss]\nkind="mse"\ntargets=[[1.0, 2.0]]', "loss.targets"),
+    ('y0_file=3\ntspan=[0,1]\n[mlp]\nwidths=[1,2,1]', "y0_file"),
+])
+def test_malformed_batch_and_loss_keys(tmp_path, text, match):
+    f = tmp_path / "p.toml"
+    f.write_text(text)
+    with pytest.raises(InvalidInputError, match=match):
+        load_problem_file(f)
+
+
+def test_cli_reports_a_bad_npz_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "x.npz", y0=np.zeros((3, 2)))  # no targets
+    (tmp_path / "p.toml").write_text(BATCHED)
+    out = subprocess.run([sys.executable, "-m", "crossode", "compare", "--problem-file", str(tmp_path / "p.toml"),
+                          "--backend", "reference"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no array 'targets'" in out.stderr and "Traceback" not in out.stderr

@@ -193,6 +193,7 @@ def test_plugin_backend_in_cli_and_sweeps(plugin_env, tmp_path):
     assert abs(by[("toy", 0.05)]["grad_error"] - by[("torch", 0.05)]["grad_error"]) < 1e-9
 
 
+@pytest.mark.slow  # waits out a 15 s limit
 def test_info_devices_asks_plugins_in_parallel_subprocesses_with_a_time_limit(tmp_path):
     """Devices no registry function can tell are asked of the backend in a subprocess per backend, all at once and
     bounded: a plugin whose ``devices()`` hangs reads "unknown (... took longer than ...)" instead of hanging
@@ -201,7 +202,7 @@ def test_info_devices_asks_plugins_in_parallel_subprocesses_with_a_time_limit(tm
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(PLUGINS), str(ROOT)]))
     start = time.perf_counter()
     got = _py("import json\nfrom crossode.cli import backend_devices\n"
-              "print(json.dumps(backend_devices(['reference', 'toy', 'slowdev'], timeout=4)))", env)
+              "print(json.dumps(backend_devices(['reference', 'toy', 'slowdev'], timeout=15)))", env)
     assert time.perf_counter() - start < 60
     assert got["reference"] == "cpu" and got["toy"] == "cpu"
-    assert got["slowdev"] == "unknown (asking slowdev took longer than 4 s)"
+    assert got["slowdev"] == "unknown (asking slowdev took longer than 15 s)"

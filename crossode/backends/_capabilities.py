@@ -110,7 +110,7 @@ def torch_supports(problem, solver: AbstractSolver, sensitivity: AbstractSensiti
     if reason is not None:
         return reason
     if isinstance(sensitivity, Forward):
-        n, p = problem.n_states, problem.n_params
+        n, p = problem.y0.size, problem.n_params  # a batch is one state of batch * n_states entries
         if n * (n + p) > TORCH_MAX_FORWARD_ENTRIES:
             return (
                 f"`Forward()` propagates a {n} x {n + p} sensitivity matrix, above the PyTorch backend's limit "

@@ -24,7 +24,9 @@ Semantics kept identical to the other crossode backends:
 
 - loss on the saved states `Y = Array(sol)` (`(n_state, n_save)`): `"sum_squares"` is `sum(abs2, Y) / 2`,
   `"linear"` is `sum(W .* Y)` with `W` of the same shape (Python passes the transpose of its `(n_save, n_state)`
-  weights);
+  weights), `"mse"` is `sum(abs2, Y .- D) / 2` with the data targets `D` of the same shape (wrapped in `Targets`);
+- batches: a batched problem's `(batch, n)` state arrives flattened row-major as one vector of length `batch * n`
+  (the generated field reshapes it), so the batch is one solve with the error norm over all its entries;
 - saves: exactly at `saveat` (`save_start`/`save_end` passed explicitly, so `sol.t == saveat` for every sensealg;
   SciMLSensitivity's adjoints default both to `true`, `src/concrete_solve.jl`);
 - adaptive steps: `controller = CrossODEController()` (the PyTorch/JAX rule, below), `tstops = saveat` (every save
@@ -344,7 +346,7 @@ end
     Cell
 
 Everything one crossode cell needs: problem (with the counted field), algorithm, sensealg, solve keywords,
-loss weights (`nothing` for the sum of squares), number of saved times and parameters, the crossode name of the
+loss weights (`nothing` for the sum of squares, `Targets` for mse), number of saved times and parameters, the crossode name of the
 VJP that runs and the call counter.
 """
 struct Cell{P, A, S, K, W}
@@ -401,15 +403,16 @@ end
           dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = nothing, maxiters = 100_000,
           save_start = nothing, save_end = nothing, controller = "default", internalnorm = "default",
           isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-6, quad_reltol = 1e-3,
-          loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64") -> Cell
+          loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu",
+          dtype = "float64") -> Cell
 
 Keywords that are `nothing` are not passed to `solve` (OrdinaryDiffEq's defaults apply: `abstol = 1e-6`,
 `reltol = 1e-3`, ...); `save_start`/`save_end = nothing` mean "`t0`/`t1` is a save time". `dt` is the fixed step
 (`adaptive = false`), `dt0` the first step of an adaptive forward solve. `controller = "crossode"` selects
 `CrossODEController()`, `internalnorm = "primal"` `primal_norm`, `isoutofdomain = "nonfinite"` `nonfinite_state`.
 `null_parameters = true` (an empty `p` only) passes `SciMLBase.NullParameters()`: `ForwardDiffSensitivity` seeds
-`length(p)`-sized chunks and divides by zero on an empty vector (`src/concrete_solve.jl`). `weights` has shape
-`(n_state, n_save)` (Julia's layout). Arrays may be any `AbstractArray` (juliacall passes NumPy arrays as zero-copy
+`length(p)`-sized chunks and divides by zero on an empty vector (`src/concrete_solve.jl`). `weights` (linear loss)
+and `targets` (mse loss) have shape `(n_state, n_save)` (Julia's layout). Arrays may be any `AbstractArray` (juliacall passes NumPy arrays as zero-copy
 `PyArray`s); they are copied into `Vector{T}`/`Matrix{T}` here.
 """
 function build(; src::AbstractString, iip::Bool, u0, p, t0::Real, t1::Real, saveat, alg::AbstractString,
@@ -420,11 +423,11 @@ function build(; src::AbstractString, iip::Bool, u0, p, t0::Real, t1::Real, save
         controller::AbstractString = "default", internalnorm::AbstractString = "default",
         isoutofdomain::AbstractString = "default", null_parameters::Bool = false, quad_abstol::Real = 1.0e-6,
         quad_reltol::Real = 1.0e-3, loss_kind::AbstractString = "sum_squares", weights = nothing,
-        device::AbstractString = "cpu", dtype::AbstractString = "float64")
+        targets = nothing, device::AbstractString = "cpu", dtype::AbstractString = "float64")
     fns = load_rhs(src)
     opts = (; iip, u0, p, t0, t1, saveat, alg, sensealg, vjp, checkpointing, alg_autodiff, adaptive, abstol,
         reltol, dt, dt0, dtmin, dtmax, tstops, maxiters, save_start, save_end, controller, internalnorm,
-        isoutofdomain, null_parameters, quad_abstol, quad_reltol, loss_kind, weights, device, dtype)
+        isoutofdomain, null_parameters, quad_abstol, quad_reltol, loss_kind, weights, targets, device, dtype)
     return Base.invokelatest(_assemble, fns, opts)
 end
 
@@ -458,8 +461,13 @@ function _assemble(fns, o)
         weights = Matrix{T}(collect(o.weights))
         size(weights) == (length(u0), nsave) ||
             throw(DimensionMismatch("weights must be (n_state, n_save) = ($(length(u0)), $nsave); got $(size(weights))"))
+    elseif o.loss_kind == "mse"
+        data = Matrix{T}(collect(o.targets))
+        size(data) == (length(u0), nsave) ||
+            throw(DimensionMismatch("targets must be (n_state, n_save) = ($(length(u0)), $nsave); got $(size(data))"))
+        weights = Targets(data)
     else
-        throw(ArgumentError("loss_kind must be \"sum_squares\" or \"linear\"; got $(repr(o.loss_kind))"))
+        throw(ArgumentError("loss_kind must be \"sum_squares\", \"linear\" or \"mse\"; got $(repr(o.loss_kind))"))
     end
     name = _is_adjoint(o.sensealg) ? vjp_name(vjp) : "none"
     return Cell(prob, make_alg(o.alg, o.alg_autodiff), sensealg, kwargs, weights, nsave, length(o.p), name, calls)
@@ -480,12 +488,23 @@ end
 
 # ------------------------------------------------------------------------------------------ loss and gradient
 
+"""
+    Targets(data)
+
+The data `D` of the `"mse"` loss `sum(abs2, Y .- D) / 2` (a wrapper, so `_loss` dispatches on the loss kind).
+"""
+struct Targets{M <: AbstractMatrix}
+    data::M
+end
+
 _match(Y, ::Nothing) = nothing
 _match(Y::Array, W::Array) = W
 _match(Y, W) = copyto!(similar(Y, eltype(W), size(W)), W)  # weights onto the device of Y
+_match(Y, D::Targets) = Targets(_match(Y, D.data))
 
 _loss(Y, ::Nothing) = sum(abs2, Y) / 2
 _loss(Y, W) = sum(W .* Y)
+_loss(Y, D::Targets) = sum(abs2, Y .- D.data) / 2
 
 # With save_start/save_end passed explicitly, every sensealg returns exactly the save times; fewer means the
 # solve stopped early (a failed return code).

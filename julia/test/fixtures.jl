@@ -100,6 +100,53 @@ let
 end
 """,
     "src6" => raw"""
+# crossode generated vector field: MLP 2-5-2 tanh, time input, cube features, 32 parameters, float64, batch of 3
+# flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 2, 3)  # column b = trajectory b
+        X = U .* U .* U  # features: y^3
+        R1 = reshape(p[1:15], 3, 5)  # column i = row i of W1 (5, 3)
+        W1 = transpose(R1[1:2, :])  # (5, 2): the state columns
+        w1t = R1[3, :]  # (5,): the time column
+        b1 = p[16:20]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = tanh.(z1)
+        W2 = transpose(reshape(p[21:30], 5, 2))  # (2, 5) row-major
+        b2 = p[31:32]
+        return vec(W2 * h1 .+ b2)
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src7" => raw"""
+# crossode generated vector field: symbolic, 2 states, 4 parameters, float64, batch of 2 (state vector of length 4)
+# states: u[1] = x, u[2] = y
+# parameters: p[1] = a, p[2] = b, p[3] = c, p[4] = d
+let
+    function rhs_oop(u, p, t)
+        one_trajectory(v) = [
+            p[1] * v[1] + p[2] * v[2],
+            p[3] * v[1] + p[4] * v[2],
+        ]
+        return reduce(vcat, [one_trajectory(u[((b - 1) * 2 + 1):(b * 2)]) for b in 1:2])
+    end
+    function rhs_iip!(du, u, p, t)
+        for b in 1:2
+            o = (b - 1) * 2
+            du[o + 1] = p[1] * u[o + 1] + p[2] * u[o + 2]
+            du[o + 2] = p[3] * u[o + 1] + p[4] * u[o + 2]
+        end
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src8" => raw"""
 # crossode generated vector field: symbolic, 1 states, 1 parameters, float64
 # states: u[1] = y
 # parameters: p[1] = k
@@ -116,7 +163,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src7" => raw"""
+    "src9" => raw"""
 # crossode generated vector field: symbolic, 2 states, 4 parameters, float64
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = a, p[2] = b, p[3] = c, p[4] = d
@@ -135,7 +182,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src8" => raw"""
+    "src10" => raw"""
 # crossode generated vector field: symbolic, 2 states, 4 parameters, float64
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = a11, p[2] = a12, p[3] = a21, p[4] = a22
@@ -154,7 +201,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src9" => raw"""
+    "src11" => raw"""
 # crossode generated vector field: symbolic, 1 states, 0 parameters, float64
 # states: u[1] = y
 # parameters: none
@@ -171,7 +218,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src10" => raw"""
+    "src12" => raw"""
 # crossode generated vector field: symbolic, 2 states, 1 parameters, float64
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = k
@@ -190,7 +237,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src11" => raw"""
+    "src13" => raw"""
 # crossode generated vector field: MLP 2-5-4-2 tanh, 49 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -214,7 +261,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src12" => raw"""
+    "src14" => raw"""
 # crossode generated vector field: MLP 3-4-3 softplus, 31 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -234,7 +281,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src13" => raw"""
+    "src15" => raw"""
 # crossode generated vector field: MLP 2-3-2 relu, 17 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -254,7 +301,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src14" => raw"""
+    "src16" => raw"""
 # crossode generated vector field: MLP 2-3-2 sigmoid, 17 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -274,7 +321,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src15" => raw"""
+    "src17" => raw"""
 # crossode generated vector field: symbolic, 2 states, 1 parameters, float32
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = k
@@ -293,7 +340,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src16" => raw"""
+    "src18" => raw"""
 # crossode generated vector field: MLP 2-5-4-2 tanh, 49 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -317,7 +364,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src17" => raw"""
+    "src19" => raw"""
 # crossode generated vector field: MLP 3-4-3 softplus, 31 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -337,7 +384,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src18" => raw"""
+    "src20" => raw"""
 # crossode generated vector field: MLP 2-3-2 relu, 17 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -357,7 +404,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src19" => raw"""
+    "src21" => raw"""
 # crossode generated vector field: MLP 2-3-2 sigmoid, 17 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -379,46 +426,55 @@ end
 """,
 )
 
-const ARRAYS = Dict{String, Vector{Float64}}(
+const ARRAYS = Dict{String, Array{Float64}}(
     "a1" => Float64[0.0, 0.05, 0.1, 0.15000000000000002, 0.2, 0.25, 0.30000000000000004, 0.35000000000000003, 0.4, 0.45, 0.5, 0.55, 0.6000000000000001, 0.65, 0.7000000000000001, 0.75, 0.8, 0.8500000000000001, 0.9, 0.9500000000000001, 1.0],
     "a2" => Float64[0.19369307573550387, -0.32557075163361393, -0.6491614679377623, -0.6837331748681422, 0.4430310209648889, 0.5837245353312901, 0.15080576032412196, 0.32455714906155464, 0.061695054588811526, 0.6152853223351966, 0.44668437996241517, -0.703233957105363, 0.5054459752002853, -0.6596096050894569, 0.32478184701407464, -0.45869222022334566, 0.5136125575552548, 0.058635019988803494, -0.2832501607840974, -0.10933678032702254, -0.6670567181706877, -0.5313436859846987, 0.24129936133170315, 0.2081574035073761, 0.08158959477636035, -0.08225239018562641, 0.35158051726987893, 0.3400019286828031, 0.13119799542110838, 0.10639077454139306, 0.133251961079146, -0.07854441434892112, -0.2580257357773243, 0.1566159073049881, 0.01792821335497624, -0.13417925657750318, -0.010015913823116063, 0.2754094888578408, 0.3069151134627156, -0.10055398072431548, 0.05057922836613982, -0.12595736150709025],
     "a3" => Float64[1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6499999999999999, 0.6, 0.55, 0.5, 0.44999999999999996, 0.3999999999999999, 0.35, 0.29999999999999993, 0.25, 0.19999999999999996, 0.1499999999999999, 0.09999999999999998, 0.04999999999999993, 0.0],
     "a4" => Float64[1.0 0.5 0.25; -2.0 3.0 1.5],
-    "a5" => Float64[0.05172413793103448, 0.10344827586206896, 0.15517241379310345, 0.20689655172413793, 0.25862068965517243, 0.3103448275862069, 0.3620689655172414, 0.41379310344827586, 0.46551724137931033, 0.5172413793103449, 0.5689655172413793, 0.6206896551724138, 0.6724137931034483, 0.7241379310344828, 0.7758620689655172, 0.8275862068965517, 0.8793103448275862, 0.9310344827586207, 0.9827586206896551, 1.0344827586206897, 1.0862068965517242, 1.1379310344827587, 1.1896551724137931, 1.2413793103448276, 1.293103448275862, 1.3448275862068966, 1.396551724137931, 1.4482758620689655, 1.5],
-    "a6" => Float64[0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.21, 0.22, 0.23, 0.24, 0.25, 0.26, 0.27, 0.28, 0.29, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35000000000000003, 0.36, 0.37, 0.38, 0.39, 0.4, 0.41000000000000003, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47000000000000003, 0.48, 0.49, 0.5, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.5700000000000001, 0.58, 0.59, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65, 0.66, 0.67, 0.68, 0.6900000000000001, 0.7000000000000001, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.79, 0.8, 0.81, 0.8200000000000001, 0.8300000000000001, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92, 0.93, 0.9400000000000001, 0.9500000000000001, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.09, 1.1, 1.11, 1.12, 1.1300000000000001, 1.1400000000000001, 1.1500000000000001, 1.16, 1.17, 1.18, 1.19, 1.2, 1.21, 1.22, 1.23, 1.24, 1.25, 1.26, 1.27, 1.28, 1.29, 1.3, 1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37, 1.3800000000000001, 1.3900000000000001, 1.4000000000000001, 1.41, 1.42, 1.43, 1.44, 1.45, 1.46, 1.47, 1.48, 1.49, 1.5, 1.51, 1.52, 1.53, 1.54, 1.55, 1.56, 1.57, 1.58, 1.59, 1.6, 1.61, 1.62, 1.6300000000000001, 1.6400000000000001, 1.6500000000000001, 1.6600000000000001, 1.67, 1.68, 1.69, 1.7, 1.71, 1.72, 1.73, 1.74, 1.75, 1.76, 1.77, 1.78, 1.79, 1.8, 1.81, 1.82, 1.83, 1.84, 1.85, 1.86, 1.87, 1.8800000000000001, 1.8900000000000001, 1.9000000000000001, 1.9100000000000001, 1.92, 1.93, 1.94, 1.95, 1.96, 1.97, 1.98, 1.99, 2.0],
+    "a5" => Float64[0.5, -0.3, 0.2, 0.4, -0.6, 0.1],
+    "a6" => Float64[-0.2752665969253951, -0.23268238518789924, 0.36283663183683457, -0.4712148813205933, 0.11558613122458694, 0.26391896336182463, -0.36038079861116956, -0.5136724289183321, -0.25984299203072114, 0.18178798703551546, 0.07189819433510114, -0.40407329296054517, -0.07779126212789667, 0.19548768181015141, -0.08916057934611327, 0.15378809754553946, 0.5397485460022667, 0.21138504887922638, -0.12514086358943505, -0.36112962612093025, -0.13777696919617138, 0.00989770765551612, 0.3499083332323388, 0.24647188300671002, -0.16265462518537654, 0.3794311271173007, -0.026018989473449716, 0.1733031769623366, -0.35132446374515364, -0.3537069941936465, -0.26662208436422874, 0.3438622417178547],
+    "a7" => Float64[-0.5 0.045454545454545414; -0.40909090909090906 0.13636363636363635; -0.3181818181818182 0.2272727272727273; -0.2272727272727273 0.31818181818181823; -0.13636363636363635 0.40909090909090917; -0.045454545454545414 0.5],
+    "a8" => Float64[1.0 0.5 0.25; -2.0 3.0 1.5; 1.0 0.5 0.25; -2.0 3.0 1.5],
+    "a9" => Float64[1.0 0.5 0.25; -2.0 3.0 1.5; -1.0 -0.5 -0.25; 2.0 -3.0 -1.5],
+    "a10" => Float64[0.05172413793103448, 0.10344827586206896, 0.15517241379310345, 0.20689655172413793, 0.25862068965517243, 0.3103448275862069, 0.3620689655172414, 0.41379310344827586, 0.46551724137931033, 0.5172413793103449, 0.5689655172413793, 0.6206896551724138, 0.6724137931034483, 0.7241379310344828, 0.7758620689655172, 0.8275862068965517, 0.8793103448275862, 0.9310344827586207, 0.9827586206896551, 1.0344827586206897, 1.0862068965517242, 1.1379310344827587, 1.1896551724137931, 1.2413793103448276, 1.293103448275862, 1.3448275862068966, 1.396551724137931, 1.4482758620689655, 1.5],
+    "a11" => Float64[0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.21, 0.22, 0.23, 0.24, 0.25, 0.26, 0.27, 0.28, 0.29, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35000000000000003, 0.36, 0.37, 0.38, 0.39, 0.4, 0.41000000000000003, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47000000000000003, 0.48, 0.49, 0.5, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.5700000000000001, 0.58, 0.59, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65, 0.66, 0.67, 0.68, 0.6900000000000001, 0.7000000000000001, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.79, 0.8, 0.81, 0.8200000000000001, 0.8300000000000001, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92, 0.93, 0.9400000000000001, 0.9500000000000001, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.09, 1.1, 1.11, 1.12, 1.1300000000000001, 1.1400000000000001, 1.1500000000000001, 1.16, 1.17, 1.18, 1.19, 1.2, 1.21, 1.22, 1.23, 1.24, 1.25, 1.26, 1.27, 1.28, 1.29, 1.3, 1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37, 1.3800000000000001, 1.3900000000000001, 1.4000000000000001, 1.41, 1.42, 1.43, 1.44, 1.45, 1.46, 1.47, 1.48, 1.49, 1.5, 1.51, 1.52, 1.53, 1.54, 1.55, 1.56, 1.57, 1.58, 1.59, 1.6, 1.61, 1.62, 1.6300000000000001, 1.6400000000000001, 1.6500000000000001, 1.6600000000000001, 1.67, 1.68, 1.69, 1.7, 1.71, 1.72, 1.73, 1.74, 1.75, 1.76, 1.77, 1.78, 1.79, 1.8, 1.81, 1.82, 1.83, 1.84, 1.85, 1.86, 1.87, 1.8800000000000001, 1.8900000000000001, 1.9000000000000001, 1.9100000000000001, 1.92, 1.93, 1.94, 1.95, 1.96, 1.97, 1.98, 1.99, 2.0],
 )
 
 # shared build keywords (each case is merge(BASES[k], its own keywords))
 const BASES = Dict{String, NamedTuple}(
-    "b1" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b2" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 1.3581702344345635e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b3" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0002642223021254807, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b4" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b5" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.03413803757402914, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b6" => (; src = SOURCES["src1"], iip = false, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.844626385704037e-08, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b7" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b8" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 3.236215119464612e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b9" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0004713660018717925, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b10" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.006368174465440079, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b11" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.04241401109391704, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b12" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.0473088299451352e-07, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b13" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b14" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b15" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b16" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a3"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b17" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.044996805573410854, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b18" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.0636817446544008, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b19" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b20" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b21" => (; src = SOURCES["src6"], iip = true, u0 = Float64[1.0], p = Float64[1.0], t0 = 0.0, t1 = 1.99, saveat = Float64[1.99], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.025168902290140648, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[1.99], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b22" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b23" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b24" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b25" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b26" => (; src = SOURCES["src8"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a5"], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0006218905280224959, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a5"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b27" => (; src = SOURCES["src8"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a5"], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.00019456808833102253, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a5"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b28" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.021888956756508243, dtmin = 4.440892098500626e-15, dtmax = Inf, tstops = Float64[2.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b29" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.01000000001000001, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a6"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b1" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b2" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 1.3581702344345635e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b3" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0002642223021254807, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b4" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b5" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.03413803757402914, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b6" => (; src = SOURCES["src1"], iip = false, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.844626385704037e-08, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b7" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b8" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 3.236215119464612e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b9" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0004713660018717925, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b10" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.006368174465440079, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b11" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.04241401109391704, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b12" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.0473088299451352e-07, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b13" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b14" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b15" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b16" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a3"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b17" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.044996805573410854, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b18" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.0636817446544008, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b19" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b20" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b21" => (; src = SOURCES["src6"], iip = false, u0 = ARRAYS["a5"], p = ARRAYS["a6"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0049037637937548555, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "mse", weights = nothing, targets = ARRAYS["a7"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b22" => (; src = SOURCES["src6"], iip = false, u0 = ARRAYS["a5"], p = ARRAYS["a6"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "mse", weights = nothing, targets = ARRAYS["a7"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b23" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 0.5, -0.5, 0.25], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.004667856352683189, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "mse", weights = nothing, targets = ARRAYS["a8"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b24" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 0.5, -0.5, 0.25], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "mse", weights = nothing, targets = ARRAYS["a8"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b25" => (; src = SOURCES["src8"], iip = true, u0 = Float64[1.0], p = Float64[1.0], t0 = 0.0, t1 = 1.99, saveat = Float64[1.99], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.025168902290140648, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[1.99], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b26" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b27" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b28" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b29" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b30" => (; src = SOURCES["src10"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a10"], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0006218905280224959, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a10"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b31" => (; src = SOURCES["src10"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a10"], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.00019456808833102253, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a10"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b32" => (; src = SOURCES["src11"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.021888956756508243, dtmin = 4.440892098500626e-15, dtmax = Inf, tstops = Float64[2.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b33" => (; src = SOURCES["src11"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.01000000001000001, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a11"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
 )
 
 # crossode.reference(problem): the independent reference of every crossode record
@@ -427,8 +483,11 @@ const REFS = Dict{String, Any}(
     "linear_weights" => (; loss = 0.529570783324362, dp = Float64[-0.17225656627063068, -0.025540460545911324, 1.8841771590028502, 0.11645249793932083], du0 = Float64[-0.3060590591243897, 1.6712596848975039], method = "closed_form"),
     "linear_backward" => (; loss = 1.3291986738517654, dp = Float64[-1.121571691777042, -1.2064273123874523, -1.0012448683997612, -1.5368256559264881], du0 = Float64[2.303331652625801, 0.710131390155458], method = "closed_form"),
     "linear_noparams" => (; loss = 1.1142858983840616, dp = Float64[], du0 = Float64[1.7594650654644752, 0.9382134626072972], method = "closed_form"),
-    "mlp" => (; loss = 0.3430016526926734, dp = Float64[0.05010556360300951, -0.04003305491578883, -0.05942644419433993, 0.047279216341241416, 0.09988444365682232, -0.07711151613397917, 0.13368961443571376, -0.10462677685542945, 0.02274153724664818, -0.01758000246813471, -0.0245455482697857, 0.021129450429788713, -0.01416623306605707, 0.012421088384639947, -0.002850963985563397, 0.0016240588087411524, 0.10982184759522984, -0.13003391655888907, 0.2160370687790487, 0.2906736312807461, 0.049212748232925554, -0.05542832153146962, -0.03223201233605662, -0.0055476266845252, 0.42621901714812843, 0.002668471088871793, -0.19339816619296268, -0.1069025660636519, -0.4807132788141206, -0.05065404335743229, 0.42239167474288986, 0.3313849290115703, -0.2897889860580939, -0.0074311290903250615, 0.13528751457391094, 0.07458899816925271, 0.3278743222710604, 0.03278368549989851, -0.28744056909035276, -0.22563893004636515, 0.6912154469705961, -0.4691655326481563], du0 = Float64[1.0443609029989602, -0.44562416922104914], method = "sensitivity(DOP853, rtol=1e-12)"),
+    "mlp" => (; loss = 0.3430016526926734, dp = Float64[0.05010556360300951, -0.04003305491578883, -0.05942644419433993, 0.047279216341241416, 0.09988444365682232, -0.07711151613397917, 0.13368961443571376, -0.10462677685542945, 0.022741537246648184, -0.01758000246813471, -0.024545548269785694, 0.02112945042978872, -0.014166233066057063, 0.012421088384639945, -0.0028509639855633963, 0.0016240588087411516, 0.10982184759522982, -0.13003391655888907, 0.21603706877904869, 0.2906736312807461, 0.049212748232925554, -0.05542832153146962, -0.032232012336056604, -0.0055476266845252, 0.42621901714812843, 0.0026684710888717923, -0.19339816619296268, -0.1069025660636519, -0.4807132788141207, -0.05065404335743229, 0.4223916747428898, 0.3313849290115703, -0.2897889860580939, -0.007431129090325061, 0.13528751457391094, 0.07458899816925271, 0.3278743222710604, 0.03278368549989851, -0.2874405690903528, -0.22563893004636515, 0.691215446970596, -0.4691655326481563], du0 = Float64[1.0443609029989602, -0.44562416922104914], method = "sensitivity(DOP853, rtol=1e-12)"),
     "sqrt_decay" => (; loss = 3.1250000000001484e-10, dp = Float64[-2.487500000000089e-07], du0 = Float64[1.2500000000000455e-07], method = "sensitivity(DOP853, rtol=1e-12)"),
+    "batch_mlp_mse" => (; loss = 2.5466836479923667, dp = Float64[-0.13706810366141228, 0.1779259747777329, 0.3668030721687682, 0.0056627044130588685, -0.007358836360683153, -0.015609639559683482, 0.19097578074502974, -0.04914348362500333, -0.0870059030281842, 0.1943080062267541, -0.19091575962931265, -0.39850356869812886, -0.03339322024022516, -0.07772291427616254, -0.16781506343670993, 0.8845511823252873, -0.04027901303953828, -0.044076001307990664, -0.9358717093769993, -0.48868297147233397, -0.5033337302893282, -0.9234733021687695, -0.13888177627133966, 0.4906905834925438, 0.3716312151760239, 0.5787742853745523, 1.2902292677199128, 0.09615418210677551, -0.5961888836815017, -0.7244352593855994, -1.219045466594052, 2.1381388155000645], du0 = Float64[0.9832592910861533, 0.6676779635479531, -0.007408147904031746, 1.3352272195499844, -1.948233287787433, 0.9248969002597549], method = "sensitivity(DOP853, rtol=1e-12)"),
+    "batch_linear_mse" => (; loss = 16.881123392758557, dp = Float64[1.2626502458431028, 0.11439119597915505, -1.3015121480544576, -0.6201448158582163], du0 = Float64[2.065524124588865, -0.7330462222902069, -0.6260359813866775, -1.097427938036196], method = "closed_form"),
+    "batch_linear_weights" => (; loss = -0.041273667462209285, dp = Float64[-0.23204231784533577, 0.03991483284826524, 2.4672935291294475, -0.6597181697799956], du0 = Float64[-0.3060590591243896, 1.6712596848975037, 0.3060590591243896, -1.6712596848975037], method = "closed_form"),
 )
 
 # every supported combination of the cases in julia_fixtures.gradient_cells(), as Python marshals it
@@ -4746,6 +4805,552 @@ const GRADIENT_CASES = [
         ref = REFS["mlp"],
     ),
     (
+        name = "batch: batch_mlp_mse tsit5 Direct() adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "direct",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = BASES["b21"],
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse tsit5 Forward() adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "forward",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b21"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse tsit5 Backsolve(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b21"], (; sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse tsit5 InterpolatingAdjoint(checkpointing=False, vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b21"], (; sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse tsit5 InterpolatingAdjoint(checkpointing=True, vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b21"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse tsit5 QuadratureAdjoint(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b21"], (; sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse tsit5 GaussAdjoint(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "tsit5",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b21"], (; sensealg = "GaussAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse rk4 Direct() fixed float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "rk4",
+        sensitivity = "direct",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = BASES["b22"],
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse rk4 Forward() fixed float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "rk4",
+        sensitivity = "forward",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,internalnorm,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b22"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse rk4 Backsolve(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "rk4",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b22"], (; sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse rk4 InterpolatingAdjoint(checkpointing=False, vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "rk4",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b22"], (; sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse rk4 QuadratureAdjoint(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "rk4",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b22"], (; sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_mlp_mse rk4 GaussAdjoint(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_mlp_mse",
+        solver = "rk4",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b22"], (; sensealg = "GaussAdjoint")),
+        ref = REFS["batch_mlp_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 Direct() adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "direct",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = BASES["b23"],
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 Forward() adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "forward",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 Backsolve(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 InterpolatingAdjoint(checkpointing=False, vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 InterpolatingAdjoint(checkpointing=True, vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 QuadratureAdjoint(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse tsit5 GaussAdjoint(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "tsit5",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; sensealg = "GaussAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse rk4 Direct() fixed float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "rk4",
+        sensitivity = "direct",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = BASES["b24"],
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse rk4 Forward() fixed float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "rk4",
+        sensitivity = "forward",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,internalnorm,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse rk4 Backsolve(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "rk4",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse rk4 InterpolatingAdjoint(checkpointing=False, vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "rk4",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse rk4 QuadratureAdjoint(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "rk4",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_mse rk4 GaussAdjoint(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_mse",
+        solver = "rk4",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; sensealg = "GaussAdjoint")),
+        ref = REFS["batch_linear_mse"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 Direct() adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "direct",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing)),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 Forward() adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "forward",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; internalnorm = "primal", loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 Backsolve(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 InterpolatingAdjoint(checkpointing=False, vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 InterpolatingAdjoint(checkpointing=True, vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 QuadratureAdjoint(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights tsit5 GaussAdjoint(vjp='auto') adaptive float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "tsit5",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b23"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "GaussAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights rk4 Direct() fixed float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "rk4",
+        sensitivity = "direct",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing)),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights rk4 Forward() fixed float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "rk4",
+        sensitivity = "forward",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,internalnorm,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; internalnorm = "primal", loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights rk4 Backsolve(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "rk4",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights rk4 InterpolatingAdjoint(checkpointing=False, vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "rk4",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights rk4 QuadratureAdjoint(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "rk4",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
+        name = "batch: batch_linear_weights rk4 GaussAdjoint(vjp='auto') fixed float64",
+        group = "batch",
+        problem = "batch_linear_weights",
+        solver = "rk4",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b24"], (; loss_kind = "linear", weights = ARRAYS["a9"], targets = nothing, sensealg = "GaussAdjoint")),
+        ref = REFS["batch_linear_weights"],
+    ),
+    (
         name = "nan_guard: sqrt_decay dopri5 Direct() adaptive float64",
         group = "nan_guard",
         problem = "sqrt_decay",
@@ -4756,7 +5361,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = BASES["b21"],
+        build = BASES["b25"],
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4770,7 +5375,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b25"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4784,7 +5389,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b25"], (; sensealg = "BacksolveAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4798,7 +5403,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b25"], (; sensealg = "InterpolatingAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4812,7 +5417,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        build = merge(BASES["b25"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4826,7 +5431,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b25"], (; sensealg = "QuadratureAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4840,7 +5445,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; sensealg = "GaussAdjoint")),
+        build = merge(BASES["b25"], (; sensealg = "GaussAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4854,7 +5459,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5")),
+        build = merge(BASES["b25"], (; alg = "Tsit5")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4868,7 +5473,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5", internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b25"], (; alg = "Tsit5", internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4882,7 +5487,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5", sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "BacksolveAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4896,7 +5501,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4910,7 +5515,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint", checkpointing = true)),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4924,7 +5529,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5", sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "QuadratureAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -4938,7 +5543,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b21"], (; alg = "Tsit5", sensealg = "GaussAdjoint")),
+        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "GaussAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
 ]
@@ -4947,67 +5552,67 @@ const GRADIENT_CASES = [
 const STEP_CASES = [
     (
         name = "lotka_volterra_t1_1saves_dopri5",
-        build = BASES["b22"],
+        build = BASES["b26"],
         naccept = 82,
         nreject = 21,
     ),
     (
         name = "lotka_volterra_t1_1saves_tsit5",
-        build = merge(BASES["b22"], (; alg = "Tsit5")),
+        build = merge(BASES["b26"], (; alg = "Tsit5")),
         naccept = 91,
         nreject = 18,
     ),
     (
         name = "lotka_volterra_t1_1saves_bosh3",
-        build = BASES["b23"],
+        build = BASES["b27"],
         naccept = 740,
         nreject = 44,
     ),
     (
         name = "lotka_volterra_4saves_dopri5",
-        build = BASES["b24"],
+        build = BASES["b28"],
         naccept = 82,
         nreject = 22,
     ),
     (
         name = "lotka_volterra_4saves_tsit5",
-        build = merge(BASES["b24"], (; alg = "Tsit5")),
+        build = merge(BASES["b28"], (; alg = "Tsit5")),
         naccept = 92,
         nreject = 15,
     ),
     (
         name = "lotka_volterra_4saves_bosh3",
-        build = BASES["b25"],
+        build = BASES["b29"],
         naccept = 741,
         nreject = 43,
     ),
     (
         name = "cubic_spiral_29saves_dopri5",
-        build = BASES["b26"],
+        build = BASES["b30"],
         naccept = 67,
         nreject = 15,
     ),
     (
         name = "cubic_spiral_29saves_tsit5",
-        build = merge(BASES["b26"], (; alg = "Tsit5")),
+        build = merge(BASES["b30"], (; alg = "Tsit5")),
         naccept = 68,
         nreject = 9,
     ),
     (
         name = "cubic_spiral_29saves_bosh3",
-        build = BASES["b27"],
+        build = BASES["b31"],
         naccept = 318,
         nreject = 34,
     ),
     (
         name = "sqrt_decay_dopri5",
-        build = BASES["b21"],
+        build = BASES["b25"],
         naccept = 23,
         nreject = 20,
     ),
     (
         name = "sqrt_decay_tsit5",
-        build = merge(BASES["b21"], (; alg = "Tsit5")),
+        build = merge(BASES["b25"], (; alg = "Tsit5")),
         naccept = 23,
         nreject = 20,
     ),
@@ -5017,92 +5622,92 @@ const STEP_CASES = [
 const STATUS_CASES = [
     (
         name = "max_steps_direct",
-        build = merge(BASES["b24"], (; maxiters = 20)),
+        build = merge(BASES["b28"], (; maxiters = 20)),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_direct",
-        build = BASES["b28"],
+        build = BASES["b32"],
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_direct",
-        build = BASES["b29"],
+        build = BASES["b33"],
         status = "diverged",
     ),
     (
         name = "max_steps_forward",
-        build = merge(BASES["b24"], (; maxiters = 20, internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b28"], (; maxiters = 20, internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_forward",
-        build = merge(BASES["b28"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b32"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_forward",
-        build = merge(BASES["b29"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b33"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
         status = "diverged",
     ),
     (
         name = "max_steps_backsolve",
-        build = merge(BASES["b24"], (; maxiters = 20, sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "BacksolveAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_backsolve",
-        build = merge(BASES["b28"], (; sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b32"], (; sensealg = "BacksolveAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_backsolve",
-        build = merge(BASES["b29"], (; sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b33"], (; sensealg = "BacksolveAdjoint")),
         status = "diverged",
     ),
     (
         name = "max_steps_interpolating",
-        build = merge(BASES["b24"], (; maxiters = 20, sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "InterpolatingAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_interpolating",
-        build = merge(BASES["b28"], (; sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b32"], (; sensealg = "InterpolatingAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_interpolating",
-        build = merge(BASES["b29"], (; sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b33"], (; sensealg = "InterpolatingAdjoint")),
         status = "diverged",
     ),
     (
         name = "max_steps_quadrature",
-        build = merge(BASES["b24"], (; maxiters = 20, sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "QuadratureAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_quadrature",
-        build = merge(BASES["b28"], (; sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b32"], (; sensealg = "QuadratureAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_quadrature",
-        build = merge(BASES["b29"], (; sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b33"], (; sensealg = "QuadratureAdjoint")),
         status = "diverged",
     ),
     (
         name = "max_steps_gauss",
-        build = merge(BASES["b24"], (; maxiters = 20, sensealg = "GaussAdjoint")),
+        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "GaussAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_gauss",
-        build = merge(BASES["b28"], (; sensealg = "GaussAdjoint")),
+        build = merge(BASES["b32"], (; sensealg = "GaussAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_gauss",
-        build = merge(BASES["b29"], (; sensealg = "GaussAdjoint")),
+        build = merge(BASES["b33"], (; sensealg = "GaussAdjoint")),
         status = "diverged",
     ),
 ]
@@ -5111,7 +5716,7 @@ const STATUS_CASES = [
 const FIELD_CASES = [
     (
         name = "guard_float64",
-        src = SOURCES["src10"],
+        src = SOURCES["src12"],
         dtype = "float64",
         u = Float64[0.3, 0.7],
         p = Float64[0.9],
@@ -5120,7 +5725,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float64",
-        src = SOURCES["src10"],
+        src = SOURCES["src12"],
         dtype = "float64",
         u = Float64[-0.3, 0.7],
         p = Float64[0.9],
@@ -5129,7 +5734,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float64",
-        src = SOURCES["src10"],
+        src = SOURCES["src12"],
         dtype = "float64",
         u = Float64[0.3, -0.7],
         p = Float64[0.9],
@@ -5138,7 +5743,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_tanh_float64",
-        src = SOURCES["src11"],
+        src = SOURCES["src13"],
         dtype = "float64",
         u = Float64[-0.6517911526116896, -0.17471729232577715],
         p = Float64[-0.5859805674060738, -0.3722061510459, 0.42606643469158767, 0.11619466571441628, -0.5739887787224099, -0.09457278807496527, -0.029625938283343034, -0.48120184166803287, 0.33174218894575813, -0.5463502689513542, -0.15382656820489748, 0.023674193299734858, -0.09810679437893921, 0.12275171692242859, 0.33635342443338034, 0.4080978390882944, -0.19301634692921926, 0.1328646611592907, 0.17550092273093593, -0.1853961982133277, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.28128457543119545, 0.3298868742743123, 0.15765221087324321, 0.18279890786035025, 0.320075750170535, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377],
@@ -5147,7 +5752,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_softplus_float64",
-        src = SOURCES["src12"],
+        src = SOURCES["src14"],
         dtype = "float64",
         u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885],
         p = Float64[0.5115971236366276, 0.013079931333262795, 0.5499188633804158, -0.48400886887693595, 0.12396383700281322, -0.14262100751662365, 0.34860548624385757, -0.3758229059259611, 0.42912745118520756, 0.05073915911874982, 0.4644379690923054, -0.02638083832293725, -0.08025598552520863, 0.33364693031135473, 0.5590517296783956, -0.15042769736117073, 0.4689328693162349, 0.42902638776541946, -0.3223074142380189, 0.10885161684454758, 0.20486474556474255, 0.4428036791291672, 0.16565741696575342, -0.36660424454830687, -0.0021324012146255455, -0.006380166043885138, 0.00022618934874585328, 0.45858228610924723, -0.1500626001777452, -0.27622885322178403, 0.02208700221144766],
@@ -5156,7 +5761,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_relu_float64",
-        src = SOURCES["src13"],
+        src = SOURCES["src15"],
         dtype = "float64",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.4313392713241635, 0.4354940412532311, 0.021673616276774, -0.30292259332094984, -0.630837250450102, -0.16494131058787342, -0.12943843421557422, -0.6430779879306379, -0.6381529654059223, 0.5763989288117012, 0.1759406951830177, -0.3065612130660532, -0.07511609646851669, 0.54754305264847, 0.45919854818431427, 0.3974837644536616, -0.12424039201972797],
@@ -5165,7 +5770,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_sigmoid_float64",
-        src = SOURCES["src14"],
+        src = SOURCES["src16"],
         dtype = "float64",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.05397254345079561, -0.2216484615289152, -0.18516688524032032, -0.1774883762273065, 0.6893513160325213, 0.18774572121112576, 0.24653126676563963, -0.24046798749294263, 0.25444199652860744, -0.4353540017016123, -0.5176184971680154, 0.40436613669586163, -0.5670782777485422, 0.5528331618138839, 0.3775905699649056, 0.3293332482858239, -0.5218282408606336],
@@ -5174,7 +5779,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float32",
-        src = SOURCES["src15"],
+        src = SOURCES["src17"],
         dtype = "float32",
         u = Float64[0.3, 0.7],
         p = Float64[0.9],
@@ -5183,7 +5788,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float32",
-        src = SOURCES["src15"],
+        src = SOURCES["src17"],
         dtype = "float32",
         u = Float64[-0.3, 0.7],
         p = Float64[0.9],
@@ -5192,7 +5797,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float32",
-        src = SOURCES["src15"],
+        src = SOURCES["src17"],
         dtype = "float32",
         u = Float64[0.3, -0.7],
         p = Float64[0.9],
@@ -5201,7 +5806,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_tanh_float32",
-        src = SOURCES["src16"],
+        src = SOURCES["src18"],
         dtype = "float32",
         u = Float64[-0.6517911526116896, -0.17471729232577715],
         p = Float64[-0.5859805674060738, -0.3722061510459, 0.42606643469158767, 0.11619466571441628, -0.5739887787224099, -0.09457278807496527, -0.029625938283343034, -0.48120184166803287, 0.33174218894575813, -0.5463502689513542, -0.15382656820489748, 0.023674193299734858, -0.09810679437893921, 0.12275171692242859, 0.33635342443338034, 0.4080978390882944, -0.19301634692921926, 0.1328646611592907, 0.17550092273093593, -0.1853961982133277, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.28128457543119545, 0.3298868742743123, 0.15765221087324321, 0.18279890786035025, 0.320075750170535, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377],
@@ -5210,7 +5815,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_softplus_float32",
-        src = SOURCES["src17"],
+        src = SOURCES["src19"],
         dtype = "float32",
         u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885],
         p = Float64[0.5115971236366276, 0.013079931333262795, 0.5499188633804158, -0.48400886887693595, 0.12396383700281322, -0.14262100751662365, 0.34860548624385757, -0.3758229059259611, 0.42912745118520756, 0.05073915911874982, 0.4644379690923054, -0.02638083832293725, -0.08025598552520863, 0.33364693031135473, 0.5590517296783956, -0.15042769736117073, 0.4689328693162349, 0.42902638776541946, -0.3223074142380189, 0.10885161684454758, 0.20486474556474255, 0.4428036791291672, 0.16565741696575342, -0.36660424454830687, -0.0021324012146255455, -0.006380166043885138, 0.00022618934874585328, 0.45858228610924723, -0.1500626001777452, -0.27622885322178403, 0.02208700221144766],
@@ -5219,7 +5824,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_relu_float32",
-        src = SOURCES["src18"],
+        src = SOURCES["src20"],
         dtype = "float32",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.4313392713241635, 0.4354940412532311, 0.021673616276774, -0.30292259332094984, -0.630837250450102, -0.16494131058787342, -0.12943843421557422, -0.6430779879306379, -0.6381529654059223, 0.5763989288117012, 0.1759406951830177, -0.3065612130660532, -0.07511609646851669, 0.54754305264847, 0.45919854818431427, 0.3974837644536616, -0.12424039201972797],
@@ -5228,7 +5833,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_sigmoid_float32",
-        src = SOURCES["src19"],
+        src = SOURCES["src21"],
         dtype = "float32",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.05397254345079561, -0.2216484615289152, -0.18516688524032032, -0.1774883762273065, 0.6893513160325213, 0.18774572121112576, 0.24653126676563963, -0.24046798749294263, 0.25444199652860744, -0.4353540017016123, -0.5176184971680154, 0.40436613669586163, -0.5670782777485422, 0.5528331618138839, 0.3775905699649056, 0.3293332482858239, -0.5218282408606336],

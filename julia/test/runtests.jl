@@ -5,7 +5,7 @@
 #
 # (ForwardDiff is a test-only dependency, so run through Pkg.test, which builds the test environment.)
 #
-# Groups: units, fields, steps, statuses, vjp_auto, linear, mlp, vjp, noparams, backward, weights, float32,
+# Groups: units, fields, steps, statuses, vjp_auto, linear, mlp, vjp, noparams, backward, weights, batch, float32,
 # nan_guard, known_limits. The gradient groups compile one adjoint per (solver, sensealg, field form, precision):
 # the whole file takes tens of minutes on a first run.
 #
@@ -36,6 +36,10 @@ relerr(a, b) = isempty(b) ? 0.0 : sqrt(sum(abs2, a .- b)) / max(sqrt(sum(abs2, b
 
 loss_of(Y, ::Nothing) = sum(abs2, Y) / 2
 loss_of(Y, W) = sum(W .* Y)
+loss_of(Y, D::CrossODE.Targets) = sum(abs2, Y .- D.data) / 2
+on_host(::Nothing) = nothing
+on_host(W) = Matrix{Float64}(W)
+on_host(D::CrossODE.Targets) = CrossODE.Targets(Matrix{Float64}(D.data))
 
 # World age: the generated fields are defined at run time (inside this file's single top-level @testset), so
 # code that calls them directly (a `solve`, a field evaluation) enters through `Base.invokelatest`, as CrossODE's
@@ -219,7 +223,7 @@ end
         end
     end
 
-    gradient_groups = ("linear", "mlp", "vjp", "noparams", "backward", "weights", "float32", "nan_guard")
+    gradient_groups = ("linear", "mlp", "vjp", "noparams", "backward", "weights", "batch", "float32", "nan_guard")
     cases = [c for c in GRADIENT_CASES if c.group in gradient_groups && want(c.group)]
     @testset "gradient $(case.name)" for case in cases
         cell = build(; case.build...)
@@ -247,7 +251,7 @@ end
             s = solve_cell(cell)
             @test s.status == "ok"
             @test size(s.ys) == (length(ref.du0), length(case.build.saveat))
-            W = cell.weights === nothing ? nothing : Matrix{Float64}(cell.weights)
+            W = on_host(cell.weights)
             @test loss_of(s.ys, W) ≈ res.loss rtol = (f32 ? 1.0e-5 : 1.0e-9)
         end
     end

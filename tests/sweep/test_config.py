@@ -140,6 +140,31 @@ def test_cli_config_rejects_one_cell_flags(write_config):
     assert main(["compare", "--resume"]) == 2
 
 
+def test_batch_and_widths_overrides():
+    cfg = config_from_dict({
+        "backends": ["reference"],
+        "problems": [{"name": "mlp_fit", "overrides": {"widths": [4, 16, 16, 4], "time_input": False},
+                      "scan": {"batch": [8, 32]}}],
+        "rtol": [1e-6],
+    })
+    problems = [build_problem(c.problem) for c in cfg.cells]
+    assert [p.y0.shape for p in problems] == [(8, 4), (32, 4)]
+    assert all(p.rhs.widths == (4, 16, 16, 4) and not p.rhs.time_input for p in problems)
+    assert len({c.key for c in cfg.cells}) == 2 and cfg.cells[0].key != cfg.cells[1].key
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"batch": 10**9}, "batch"),
+    ({"batch": 8.5}, "batch"),
+    ({"widths": [4, 10**5, 10**5, 4]}, "parameters"),
+    ({"widths": [4, 16, 5]}, "widths"),
+    ({"widths": "wide"}, "widths"),
+])
+def test_batch_and_widths_overrides_validated_at_load(overrides, match):
+    with pytest.raises(InvalidInputError, match=match):
+        config_from_dict({"backends": ["reference"], "problems": [{"name": "mlp_fit", "overrides": overrides}]})
+
+
 def test_rtol_and_dt_in_one_table_is_an_error():
     """The sweep silently dropped rtol for fixed-step solvers when both were given (issue 15); the CLI refuses too."""
     with pytest.raises(InvalidInputError, match="not both in one table"):

@@ -121,7 +121,7 @@ class _State(NamedTuple):
     h: jax.Array  # next proposal (signed)
     z: jax.Array
     v: jax.Array
-    ys: jax.Array  # (n_save, n)
+    ys: jax.Array  # (n_save, *z0.shape)
     save_idx: jax.Array  # next save to fill
     save_steps: jax.Array  # (n_save,) accepted-step count at each save
     ts: jax.Array  # (max_steps + 1,) accepted times (only with record_times)
@@ -166,7 +166,7 @@ def alf_loop(f, cfg: ALFConfig, z0, v0, p, *, kind: str = "lax", checkpoints: in
         max_steps = cfg.n_steps_fixed
     ts_len = (max_steps + 1) if (record_times and adaptive) else 1
 
-    ys = jnp.zeros((n_save + 1, z0.shape[0]), dtype)  # + one trash row
+    ys = jnp.zeros((n_save + 1, *z0.shape), dtype)  # + one trash row
     save_steps = jnp.zeros((n_save + 1,), jnp.int32)
     first_is_t0 = bool(cfg.saveat[0] == cfg.t0)
     if first_is_t0:

@@ -47,6 +47,11 @@ layout. Failures: solves run with ``throw=False``; ``sol.result`` and the ALF fa
 statuses and raised as :class:`~crossode.SolverFailure` (``max_steps``, ``step_size_too_small``,
 ``solver_error``, ``diverged`` for non-finite outputs, ``reconstruction_error`` for MALI drift).
 
+Batched problems (``y0`` of shape ``(batch, n_states)``): the state of ``diffeqsolve`` (and of the ALF loop) is the
+``(batch, n_states)`` array itself: one step sequence for the whole batch, the error norm the RMS over all its
+entries (Diffrax's default ``rms_norm`` over the PyTree); saved states are ``(len(saveat), batch, n_states)`` and
+``dy0`` comes back with the shape of ``y0``.
+
 NFE (Diffrax reports steps only; these rules are checked against a counting vector field in the tests):
 
 - explicit RK forward: ``c * num_steps + c0`` with ``(c, c0)`` = Euler (1, 0), Midpoint/Heun (2, 0), RK4 (4, 0),
@@ -343,7 +348,8 @@ class _Prepared(Prepared):
         self.f = make_vector_field(problem)
         self.t0, self.t1 = problem.tspan
         self.saveat = np.asarray(problem.saveat, dtype=np.float64)
-        self.weights = None if problem.loss.weights is None else jnp.asarray(problem.loss.weights, self.dtype)
+        data = problem.loss_data  # weights / targets, shaped to broadcast against the saved states
+        self.loss_data = None if data is None else jnp.asarray(data, self.dtype)
         self.is_alf = isinstance(solver, ALF)
         self.checkpoints = None
         self.dt0 = None
@@ -377,7 +383,7 @@ class _Prepared(Prepared):
 
         self.y0 = jax.device_put(jnp.asarray(problem.y0, self.dtype), self.device)
         self.params = jax.device_put(jnp.asarray(problem.params, self.dtype), self.device)
-        n, m = problem.n_states, problem.n_params
+        n, m = problem.y0.size, problem.n_params  # a batch travels flattened in the packed output
         self._slices = (slice(1, 1 + m), slice(1 + m, 1 + m + n), slice(1 + m + n, 5 + m + n))
         self._n_save = len(self.saveat)
 
@@ -425,7 +431,7 @@ class _Prepared(Prepared):
         return default_checkpoints(self.max_steps)  # Diffrax's RecursiveCheckpointAdjoint() default
 
     def _loss(self, ys):
-        return self.problem.loss.apply(ys, self.weights)
+        return self.problem.loss.apply(ys, self.loss_data)
 
     def _diffrax_parts(self, f):
         solver, step, sens = self.solver, self.step, self.sensitivity
@@ -586,7 +592,7 @@ class _Prepared(Prepared):
                 if isinstance(sens, MALI):
                     st.nfe_backward = 2 * n_acc + 1
                 elif isinstance(sens, Forward):
-                    st.nfe_backward = (num_steps + 1) * (self.problem.n_states + self.problem.n_params)
+                    st.nfe_backward = (num_steps + 1) * (self.problem.y0.size + self.problem.n_params)
                 elif self.checkpoints is not None and num_steps <= self.checkpoints:
                     st.nfe_backward = 2 * num_steps + 1
                 else:
@@ -605,7 +611,7 @@ class _Prepared(Prepared):
         if fwd_evals is None:
             return st
         if isinstance(sens, Forward):
-            st.nfe_backward = fwd_evals * (self.problem.n_states + self.problem.n_params)
+            st.nfe_backward = fwd_evals * (self.problem.y0.size + self.problem.n_params)
         elif rule is not None and not isinstance(sens, Backsolve) and num_steps <= self.checkpoints:
             st.nfe_backward = (rule[2] + 1) * fwd_evals
         else:
@@ -654,7 +660,7 @@ class _Prepared(Prepared):
         info = out[-4:]
         if info[0] != 0:
             self._fail(int(info[0]))
-        ys = out[:-4].reshape(self._n_save, self.problem.n_states)
+        ys = out[:-4].reshape(self._n_save, *self.problem.y0.shape)
         if not np.all(np.isfinite(ys)):
             raise SolverFailure("diverged", "the saved states are non-finite")
         return SolveOutput(ys=ys, stats=self._stats(info, gradient=False))
@@ -697,7 +703,7 @@ class _Prepared(Prepared):
         return GradientOutput(
             loss=float(out[0]),
             dparams=out[s_dp].copy(),
-            dy0=out[s_dy0].copy(),
+            dy0=out[s_dy0].reshape(self.problem.y0.shape),
             stats=self._stats(info, gradient=True),
         )
 

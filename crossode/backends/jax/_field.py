@@ -1,10 +1,15 @@
-"""Problem -> JAX vector field ``f(t, y, p) -> dy/dt`` (``y`` shape ``(n,)``, ``p`` the flat float64 parameters).
+"""Problem -> JAX vector field ``f(t, y, p) -> dy/dt`` (``y``: one state ``(n,)`` or a batch ``(batch, n)``; ``p``
+the flat parameters).
 
-- linear :class:`~crossode.SymbolicRHS` (``rhs.linear_matrix``): ``A(p) @ y``, one matrix product;
-- other :class:`~crossode.SymbolicRHS`: SymPy ``lambdify`` against a ``jax.numpy`` namespace; the components are
-  broadcast (constants come back as Python numbers) and stacked with ``jnp.stack``.
-- :class:`~crossode.MLPRHS`: ``W_L s(... s(W_1 y + b_1) ...) + b_L`` computed from the flat parameter vector in the
-  documented layout (``MLPRHS.unflatten``), so ``dparams`` comes back in the neutral layout.
+- linear :class:`~crossode.SymbolicRHS` (``rhs.linear_matrix``): ``A(p) @ y`` (batch: ``y @ A(p)^T``), one matrix
+  product;
+- other :class:`~crossode.SymbolicRHS`: SymPy ``lambdify`` against a ``jax.numpy`` namespace on the components
+  ``y[..., i]``; the components are broadcast to the batch (constants come back as Python numbers) and stacked on
+  the last axis.
+- :class:`~crossode.MLPRHS`: ``W_L s(... s(W_1 u + b_1) ...) + b_L`` with ``u = phi(y)`` (``cube``: ``y*y*y``) or,
+  with ``time_input``, ``W_1 u + b_1`` computed as ``W1[:, :n] phi(y) + (b_1 + t W1[:, n])`` (= ``W_1 [phi(y), t]``),
+  from the flat parameter vector in the documented layout (``MLPRHS.unflatten``), so ``dparams`` comes back in the
+  neutral layout. A batch is one matrix product per layer (``h @ W^T``).
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ _ACTIVATIONS: dict[str, Callable] = {
 
 
 def make_vector_field(problem) -> Callable:
-    """The problem's vector field as a pure JAX function ``f(t, y, p)`` (``y``: ``(n,)``; ``p``: flat params)."""
+    """The problem's vector field as a pure JAX function ``f(t, y, p)`` (``y``: ``(n,)`` or ``(batch, n)``; ``p``:
+    flat params)."""
     rhs = problem.rhs
     n = rhs.n_states
     if isinstance(rhs, SymbolicRHS) and rhs.linear_matrix is not None:
@@ -66,7 +72,8 @@ def make_vector_field(problem) -> Callable:
             const = np.array([0.0 if e in pos else float(e) for e in flat]).reshape(n, n)
 
             def f_gather(t, y, p):
-                return jnp.where(is_param, p[idx], const).astype(y.dtype) @ y
+                a = jnp.where(is_param, p[idx], const).astype(y.dtype)
+                return a @ y if y.ndim == 1 else y @ a.T
 
             return f_gather
         entries = sympy.lambdify((rhs.param_symbols,), flat, modules=[JNP_NAMESPACE, "math"])
@@ -75,30 +82,38 @@ def make_vector_field(problem) -> Callable:
         def f_linear(t, y, p):
             vals = entries([p[i] for i in range(n_p)])
             a = jnp.stack([jnp.asarray(v, dtype=y.dtype) for v in vals]).reshape(n, n)
-            return a @ y
+            return a @ y if y.ndim == 1 else y @ a.T
 
         return f_linear
     if isinstance(rhs, SymbolicRHS):
         fn = rhs.lambdify(JNP_NAMESPACE)
 
         def f(t, y, p):
-            ys = [y[i] for i in range(n)]
+            ys = [y[..., i] for i in range(n)]
             ps = [p[i] for i in range(len(rhs.param_names))]
             comps = fn(t, ys, ps)
-            comps = [jnp.asarray(c, dtype=y.dtype) for c in comps]
-            return jnp.stack(jnp.broadcast_arrays(*comps))
+            lead = y.shape[:-1]
+            return jnp.stack([jnp.broadcast_to(jnp.asarray(c, dtype=y.dtype), lead) for c in comps], axis=-1)
 
         return f
     if isinstance(rhs, MLPRHS):
         act = _ACTIVATIONS[rhs.activation]
+        time_input, cube = rhs.time_input, rhs.features == "cube"
+
+        def linear(w, h, b):
+            return w @ h + b if h.ndim == 1 else h @ w.T + b
 
         def f(t, y, p):
             layers = rhs.unflatten(p)
-            h = y
-            for w, b in layers[:-1]:
-                h = act(w @ h + b)
-            w, b = layers[-1]
-            return w @ h + b
+            h = y * y * y if cube else y
+            w, b = layers[0]
+            if time_input:
+                h = linear(w[:, :n], h, b + jnp.asarray(t, w.dtype) * w[:, n])
+            else:
+                h = linear(w, h, b)
+            for w, b in layers[1:]:
+                h = linear(w, act(h), b)
+            return h
 
         return f
     raise TypeError(f"unsupported rhs type {type(rhs).__name__}")

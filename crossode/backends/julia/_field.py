@@ -37,6 +37,16 @@ row-major, then ``b``. Julia's ``reshape`` is column-major, so ``W = transpose(r
 ``transpose`` reads it back as ``(out, in)`` without a copy (BLAS multiplies by a transposed matrix directly;
 ReverseDiff and Zygote have rules for ``transpose``). ``p[a:b]`` (a copy) rather than ``view`` keeps ReverseDiff
 and GPU arrays happy. The activation is broadcast on hidden layers only, matching :mod:`crossode._rhs`.
+``features = "cube"`` is ``X = u .* u .* u``; ``time_input`` keeps the first layer's ``(in, out)`` reshape ``R1``
+and splits it into the state columns ``W1 = transpose(R1[1:n, :])`` and the time column ``w1t = R1[n + 1, :]``:
+``z1 = W1 * X .+ (b1 .+ t .* w1t)`` (= ``W_1 [phi(y), t] + b_1``).
+
+Batches (``batch = B``): the state is the neutral ``(batch, n)`` array flattened row-major into ONE vector of length
+``B n`` (trajectory ``b`` at ``u[(b-1) n + 1 : b n]``), so OrdinaryDiffEq solves the batch as one system with the
+error norm over all its entries, as PyTorch and JAX do. MLPs reshape it to the ``(n, B)`` matrix
+``U = reshape(u, n, B)`` (column-major: column ``b`` is trajectory ``b``), apply every layer to all columns at once
+and return ``vec(...)``; symbolic fields evaluate their scalar expressions per trajectory (in place: a loop over the
+offsets ``o = (b-1) n``; out of place: ``reduce(vcat, ...)`` over the trajectories).
 """
 
 from __future__ import annotations
@@ -190,24 +200,44 @@ def _let_block(header: list[str], oop_body: list[str], iip_body: list[str]) -> s
     return "\n".join(lines)
 
 
-def symbolic_source(rhs: SymbolicRHS, dtype: str = "float64") -> str:
-    """Julia source of a symbolic field (see the module docstring)."""
+def symbolic_source(rhs: SymbolicRHS, dtype: str = "float64", batch: int | None = None) -> str:
+    """Julia source of a symbolic field (see the module docstring); ``batch``: the number of trajectories of a
+    batched problem (state vector of length ``batch * n_states``), ``None`` for one state."""
     _check_dtype(dtype)
-    subs = {s: sympy.Symbol(f"u[{i}]") for i, s in enumerate(rhs.state_symbols, start=1)}
-    subs.update({s: sympy.Symbol(f"p[{j}]") for j, s in enumerate(rhs.param_symbols, start=1)})
-    subs[rhs.t_symbol] = sympy.Symbol("t")
-    exprs = [sympy.sympify(e).xreplace(subs) for e in rhs.exprs]
-    code = [julia_expr(e, dtype) for e in exprs]
-    oop_items = [f"zero(u[1]) + {c}" if e.is_number else c for e, c in zip(exprs, code)]
+    n = rhs.n_states
+
+    def code_with(state: str):
+        subs = {s: sympy.Symbol(state.format(i=i)) for i, s in enumerate(rhs.state_symbols, start=1)}
+        subs.update({s: sympy.Symbol(f"p[{j}]") for j, s in enumerate(rhs.param_symbols, start=1)})
+        subs[rhs.t_symbol] = sympy.Symbol("t")
+        exprs = [sympy.sympify(e).xreplace(subs) for e in rhs.exprs]
+        return exprs, [julia_expr(e, dtype) for e in exprs]
+
     states = ", ".join(f"u[{i}] = {s}" for i, s in enumerate(rhs.states, start=1))
     params = ", ".join(f"p[{j}] = {s}" for j, s in enumerate(rhs.params, start=1)) or "none"
     header = [
-        f"crossode generated vector field: symbolic, {rhs.n_states} states, {len(rhs.params)} parameters, {dtype}",
+        f"crossode generated vector field: symbolic, {n} states, {len(rhs.params)} parameters, {dtype}"
+        + (f", batch of {batch} (state vector of length {batch * n})" if batch is not None else ""),
         f"states: {states}",
         f"parameters: {params}",
     ]
-    oop = ["        return [", *[f"            {c}," for c in oop_items], "        ]"]
-    iip = [f"        du[{i}] = {c}" for i, c in enumerate(code, start=1)]
+    if batch is None:
+        exprs, code = code_with("u[{i}]")
+        oop_items = [f"zero(u[1]) + {c}" if e.is_number else c for e, c in zip(exprs, code)]
+        oop = ["        return [", *[f"            {c}," for c in oop_items], "        ]"]
+        iip = [f"        du[{i}] = {c}" for i, c in enumerate(code, start=1)]
+        return _let_block(header, oop, iip)
+    exprs, code = code_with("v[{i}]")  # out of place: one trajectory v = u[(b-1) n + 1 : b n]
+    oop_items = [f"zero(v[1]) + {c}" if e.is_number else c for e, c in zip(exprs, code)]
+    oop = [
+        "        one_trajectory(v) = [",
+        *[f"            {c}," for c in oop_items],
+        "        ]",
+        f"        return reduce(vcat, [one_trajectory(u[((b - 1) * {n} + 1):(b * {n})]) for b in 1:{batch}])",
+    ]
+    _, code = code_with("u[o + {i}]")  # in place: offset o = (b-1) n
+    iip = [f"        for b in 1:{batch}", f"            o = (b - 1) * {n}",
+           *[f"            du[o + {i}] = {c}" for i, c in enumerate(code, start=1)], "        end"]
     return _let_block(header, oop, iip)
 
 
@@ -223,35 +253,54 @@ def mlp_layout(rhs: MLPRHS) -> list[tuple[tuple[int, int], tuple[int, int], int,
     return layout
 
 
-def mlp_source(rhs: MLPRHS, dtype: str = "float64") -> str:
-    """Julia source of an MLP field (see the module docstring for the layout)."""
+def mlp_source(rhs: MLPRHS, dtype: str = "float64", batch: int | None = None) -> str:
+    """Julia source of an MLP field (see the module docstring for the layout, the input map and batches)."""
     _check_dtype(dtype)
     act = ACTIVATION_CODE[rhs.activation]
     layout = mlp_layout(rhs)
+    n = rhs.n_states
     body, h = [], "u"
+    if batch is not None:
+        body.append(f"        U = reshape(u, {n}, {batch})  # column b = trajectory b")
+        h = "U"
+    if rhs.features == "cube":
+        body.append(f"        X = {h} .* {h} .* {h}  # features: y^3")
+        h = "X"
+    out_wrap = "vec({})" if batch is not None else "{}"
     for layer, ((w0, w1), (b0, b1), out, inp) in enumerate(layout, start=1):
-        body.append(f"        W{layer} = transpose(reshape(p[{w0}:{w1}], {inp}, {out}))  # ({out}, {inp}) row-major")
+        if layer == 1 and rhs.time_input:
+            body.append(f"        R1 = reshape(p[{w0}:{w1}], {inp}, {out})  # column i = row i of W1 ({out}, {inp})")
+            body.append(f"        W1 = transpose(R1[1:{n}, :])  # ({out}, {n}): the state columns")
+            body.append(f"        w1t = R1[{n + 1}, :]  # ({out},): the time column")
+            bias = f"(b{layer} .+ t .* w1t)"
+        else:
+            body.append(f"        W{layer} = transpose(reshape(p[{w0}:{w1}], {inp}, {out}))  # ({out}, {inp}) row-major")
+            bias = f"b{layer}"
         body.append(f"        b{layer} = p[{b0}:{b1}]")
         if layer < len(layout):
-            body.append(f"        z{layer} = W{layer} * {h} .+ b{layer}")
+            body.append(f"        z{layer} = W{layer} * {h} .+ {bias}")
             body.append(f"        h{layer} = {act.format(z=f'z{layer}')}")
             h = f"h{layer}"
         else:
-            body.append(f"        return W{layer} * {h} .+ b{layer}")
+            body.append(f"        return {out_wrap.format(f'W{layer} * {h} .+ {bias}')}")
+    extras = (", time input" if rhs.time_input else "") + (f", {rhs.features} features" if rhs.features != "identity"
+                                                           else "")
     header = [
-        f"crossode generated vector field: MLP {'-'.join(map(str, rhs.widths))} {rhs.activation}, "
-        f"{rhs.n_params} parameters, {dtype}",
+        f"crossode generated vector field: MLP {'-'.join(map(str, rhs.widths))} {rhs.activation}{extras}, "
+        f"{rhs.n_params} parameters, {dtype}" + (f", batch of {batch}" if batch is not None else ""),
         "flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose",
     ]
     return _let_block(header, body, ["        du .= rhs_oop(u, p, t)"])
 
 
-def julia_source(rhs: AbstractRHS, dtype: str = "float64") -> str:
-    """Julia source text for ``rhs`` (symbolic or MLP) in precision ``dtype``."""
+def julia_source(rhs: AbstractRHS, dtype: str = "float64", batch: int | None = None) -> str:
+    """Julia source text for ``rhs`` (symbolic or MLP) in precision ``dtype``, for one state or a ``batch``."""
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise InvalidInputError(f"`batch` must be a positive integer or None; got {batch!r}.")
     if isinstance(rhs, SymbolicRHS):
-        return symbolic_source(rhs, dtype)
+        return symbolic_source(rhs, dtype, batch)
     if isinstance(rhs, MLPRHS):
-        return mlp_source(rhs, dtype)
+        return mlp_source(rhs, dtype, batch)
     raise InvalidInputError(f"the Julia backend cannot generate code for {type(rhs).__name__}")
 
 

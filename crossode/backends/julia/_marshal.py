@@ -30,9 +30,12 @@ every solve                ``saveat``; ``save_start = (saveat[0] == t0)``, ``sav
                            tests with ``ReverseDiffAdjoint``)
 =========================  ===========================================================================================
 
-Layout: the neutral loss weights are ``(n_save, n_state)``; Julia's ``Array(sol)`` is ``(n_state, n_save)``, so
-the weights travel transposed (C-contiguous ``(n_state, n_save)``, which juliacall shows to Julia with the same
-logical indices).
+Layout: the neutral loss weights and mse targets are ``(n_save, n_state)``; Julia's ``Array(sol)`` is
+``(n_state, n_save)``, so they travel transposed (C-contiguous ``(n_state, n_save)``, which juliacall shows to Julia
+with the same logical indices). Batches: the neutral ``(batch, n)`` state travels flattened row-major as ONE state
+vector of length ``batch * n`` (``u0 = y0.ravel()``; the generated field knows the batch, see
+:mod:`._field`), weights/targets as ``(batch * n, n_save)`` (shared ``(n_save, n)`` data broadcast over the batch
+first), and ``du0``/``ys`` are reshaped back to ``y0``'s shape / ``(n_save, batch, n)``.
 
 Julia -> Python (:func:`gradient_output`, :func:`solve_output`): the fields of the returned ``NamedTuple`` as a
 plain mapping; ``ys`` comes back ``(n_state, n_save)`` and is transposed to the neutral ``(n_save, n_state)``;
@@ -365,11 +368,13 @@ class JuliaCall:
     quad_abstol: float
     quad_reltol: float
     loss_kind: str
-    weights: np.ndarray | None  # (n_state, n_save), C-contiguous
+    weights: np.ndarray | None  # (n_state, n_save), C-contiguous (linear loss)
+    targets: np.ndarray | None  # (n_state, n_save), C-contiguous (mse loss)
     device: str
     dtype: str
-    n_states: int
+    n_states: int  # length of Julia's state vector: batch * n_states for a batched problem
     n_params: int
+    state_shape: tuple[int, ...] = ()  # the neutral y0 shape ((n,) or (batch, n)); () = (n_states,)
 
     def build_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``CrossODE.build`` (NumPy arrays, Python scalars, ``None`` -> ``nothing``)."""
@@ -417,7 +422,7 @@ class JuliaCall:
         return d
 
 
-_NOT_BUILD_ARGS = frozenset({"sensealg", "n_states", "n_params"})
+_NOT_BUILD_ARGS = frozenset({"sensealg", "n_states", "n_params", "state_shape"})
 
 
 def build_call(
@@ -460,13 +465,14 @@ def build_call(
         controller, isoutofdomain = "crossode", "nonfinite"
         quad_abstol, quad_reltol = step.atol, step.rtol
     forward = spec.kind == "ForwardDiffSensitivity"
-    weights = None
-    if problem.loss.kind == "linear":
-        weights = np.ascontiguousarray(np.asarray(problem.loss.weights, dtype=np.float64).T)
+    data = None
+    if problem.loss_data is not None:  # (n_save, [batch,] n) -> Julia's (batch * n, n_save)
+        full = np.broadcast_to(problem.loss_data, problem.ys_shape).reshape(problem.saveat.size, -1)
+        data = np.ascontiguousarray(full.T, dtype=np.float64)
     return JuliaCall(
-        src=julia_source(problem.rhs, dtype),
+        src=julia_source(problem.rhs, dtype, batch=problem.batch),
         iip=uses_inplace(problem, sensitivity, device, solver),
-        u0=np.array(problem.y0, dtype=np.float64),
+        u0=np.array(problem.y0, dtype=np.float64).ravel(),
         p=np.array(problem.params, dtype=np.float64),
         t0=float(t0),
         t1=float(t1),
@@ -492,11 +498,13 @@ def build_call(
         quad_abstol=float(quad_abstol),
         quad_reltol=float(quad_reltol),
         loss_kind=problem.loss.kind,
-        weights=weights,
+        weights=data if problem.loss.kind == "linear" else None,
+        targets=data if problem.loss.kind == "mse" else None,
         device=device,
         dtype=dtype,
-        n_states=problem.n_states,
+        n_states=int(problem.y0.size),
         n_params=problem.n_params,
+        state_shape=tuple(problem.y0.shape),
     )
 
 
@@ -543,7 +551,7 @@ def gradient_output(res: Mapping[str, Any], call: JuliaCall, vjp: str | None = N
     if status != "ok":
         raise _failure(status, retcode, "gradient solve")
     loss = float(res["loss"])
-    dy0 = _vector(res["du0"], call.n_states, "du0")
+    dy0 = _vector(res["du0"], call.n_states, "du0").reshape(call.state_shape or (call.n_states,))
     dparams = _vector(res["dp"], call.n_params, "dp")
     if not (np.isfinite(loss) and np.all(np.isfinite(dy0)) and np.all(np.isfinite(dparams))):
         raise SolverFailure("diverged", "Julia returned a non-finite loss or gradient")
@@ -565,7 +573,8 @@ def gradient_output(res: Mapping[str, Any], call: JuliaCall, vjp: str | None = N
 
 
 def solve_output(res: Mapping[str, Any], call: JuliaCall) -> SolveOutput:
-    """``CrossODE.solve_cell``'s result -> :class:`SolveOutput` with ``ys`` transposed to ``(n_save, n_state)``."""
+    """``CrossODE.solve_cell``'s result -> :class:`SolveOutput` with ``ys`` transposed to ``(n_save, n_state)``
+    (``(n_save, batch, n)`` for a batched problem)."""
     retcode = str(res.get("retcode", "?"))
     status = status_from(res.get("status", "solver_error"), retcode)
     if status != "ok":
@@ -577,7 +586,7 @@ def solve_output(res: Mapping[str, Any], call: JuliaCall) -> SolveOutput:
             "crashed",
             f"Julia returned ys of shape {ys_julia.shape}; expected (n_state, n_save) = {(call.n_states, n_save)}",
         )
-    ys = np.ascontiguousarray(ys_julia.T)
+    ys = np.ascontiguousarray(ys_julia.T).reshape(n_save, *(call.state_shape or (call.n_states,)))
     if not np.all(np.isfinite(ys)):
         raise SolverFailure("diverged", "Julia returned non-finite states")
     stats = Stats(

@@ -1,4 +1,4 @@
-"""``reference`` backend: the SciPy forward-sensitivity / closed-form reference as a backend.
+"""``reference`` backend: the SciPy closed-form / forward-sensitivity / adjoint reference as a backend.
 
 It ignores the requested solver, sensitivity and step control (the reference always runs at its own tight
 tolerance, see :mod:`crossode._reference`) and only runs on the CPU; its records carry the reference's time, so a
@@ -13,7 +13,7 @@ import scipy
 from ..._backend import Prepared
 from ..._errors import UnsupportedError
 from ..._record import GradientOutput, SolveOutput, Stats
-from ..._reference import _CACHE, reference
+from ..._reference import reference
 from .._capabilities import reference_devices
 
 
@@ -22,10 +22,7 @@ class _PreparedReference(Prepared):
         self.problem = problem
 
     def _run(self):
-        # Drop this problem's cached entry so a timed call really computes the reference.
-        for key in [k for k in _CACHE if k[0] == self.problem.fingerprint()]:
-            del _CACHE[key]
-        return reference(self.problem)
+        return reference(self.problem, cache=False)  # a timed call really computes the reference (no cache)
 
     def solve(self) -> SolveOutput:
         return SolveOutput(np.array(self._run().ys), Stats())

@@ -4,6 +4,10 @@ Supports explicit RK descriptors (Euler ... Dopri8) with Direct, Checkpointed, B
 ALF with MALI, Direct and Checkpointed (through ``_alf.odeint_alf``), on CPU and CUDA, float64 or float32.
 Explicit RK solves run from ``t0`` to ``t1`` with every save time a step boundary (adaptive steps are clipped
 onto them); the loss is :meth:`crossode.Loss.apply` on the saved states, in the run's dtype.
+
+Batched problems (``y0`` of shape ``(batch, n_states)``) are one solve of the ``(batch, n_states)`` state: one
+step sequence for the whole batch, the error norm the RMS over all its entries (torchdiffeq's default); saved
+states are ``(len(saveat), batch, n_states)`` and ``dy0`` comes back with the shape of ``y0``.
 """
 
 from __future__ import annotations
@@ -85,11 +89,12 @@ class _TorchPrepared(Prepared):
         # torch.tensor copies: the problem's arrays are read-only.
         self._y0 = torch.tensor(problem.y0, **kw)
         self._p = torch.tensor(problem.params, **kw)
-        self._weights = None if problem.loss.weights is None else torch.tensor(problem.loss.weights, **kw)
+        data = problem.loss_data  # weights / targets, shaped to broadcast against the saved states
+        self._loss_data = None if data is None else torch.tensor(np.ascontiguousarray(data), **kw)
         self._saveat = [float(s) for s in problem.saveat]
 
     def _run(self, y0: torch.Tensor, p: torch.Tensor, stats: Stats, sensitivity=None) -> torch.Tensor:
-        """Saved states ``(len(saveat), n)``; the solve always runs from ``t0`` to ``t1``."""
+        """Saved states ``(len(saveat), *y0.shape)``; the solve always runs from ``t0`` to ``t1``."""
         f, params = make_field_and_params(self.problem, p)
         t0, t1 = self.problem.tspan
         if isinstance(self.solver, ALF):
@@ -118,7 +123,7 @@ class _TorchPrepared(Prepared):
         y0 = self._y0.clone().requires_grad_(True)
         p = self._p.clone().requires_grad_(True)
         ys = self._run(y0, p, stats)
-        loss = self.problem.loss.apply(ys, self._weights)
+        loss = self.problem.loss.apply(ys, self._loss_data)
         dp, dy0 = torch.autograd.grad(loss, (p, y0), allow_unused=True)
         dp = torch.zeros_like(p) if dp is None else dp
         dy0 = torch.zeros_like(y0) if dy0 is None else dy0

@@ -2,7 +2,11 @@
 
 The parameters are ONE flat tensor ``p`` in the problem's layout (so ``dparams`` comes back in the neutral
 flat layout with no reshuffling); ``f(t, y)`` closes over it. States may carry leading batch dimensions:
-``y[..., i]`` is state ``i``.
+``y[..., i]`` is state ``i`` (a batched problem's ``y`` is ``(batch, n_states)``).
+
+MLP fields (:class:`~crossode.MLPRHS`): ``F.linear`` per layer on the feature map of ``y`` (``cube``: ``y*y*y``);
+with ``time_input`` the first layer is ``F.linear(phi(y), W1[:, :n], b1 + t * W1[:, n])``, the same as
+``W1 @ [phi(y), t] + b1`` without building the concatenated input.
 """
 
 from __future__ import annotations
@@ -93,14 +97,20 @@ def make_field(problem, p: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor
     if isinstance(rhs, MLPRHS):
         act = _ACTIVATIONS[rhs.activation]
         layers = rhs.unflatten  # called per evaluation: slicing views of `p`, cheap and graph-correct
+        n, time_input, cube = rhs.n_states, rhs.time_input, rhs.features == "cube"
 
         def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             ws = layers(p)
-            h = y
-            for w, b in ws[:-1]:
-                h = act(F.linear(h, w, b))
-            w, b = ws[-1]
-            return F.linear(h, w, b)
+            h = y * y * y if cube else y
+            w, b = ws[0]
+            if time_input:
+                tt = t.to(w.dtype) if isinstance(t, torch.Tensor) else t
+                h = F.linear(h, w[:, :n], b + tt * w[:, n])
+            else:
+                h = F.linear(h, w, b)
+            for w, b in ws[1:]:
+                h = F.linear(act(h), w, b)
+            return h
 
         return f
     raise UnsupportedError(f"the PyTorch backend cannot build a vector field from {type(rhs).__name__}.")

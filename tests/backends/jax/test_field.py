@@ -24,11 +24,11 @@ def test_field_matches_numpy(name):
     n, m = problem.n_states, problem.n_params
     for _ in range(4):
         t = float(rng.uniform(*sorted(problem.tspan)))
-        y = np.asarray(problem.y0) + rng.standard_normal(n)
+        y = np.asarray(problem.y0) + rng.standard_normal(problem.y0.shape)  # (n,) or (batch, n)
         p = np.asarray(problem.params) * (1 + 0.1 * rng.standard_normal(m))
         got = np.asarray(f(jnp.asarray(t), jnp.asarray(y), jnp.asarray(p)))
         want = problem.rhs.f(t, y, p)
-        assert got.shape == (n,) and got.dtype == np.float64
+        assert got.shape == y.shape and y.shape[-1] == n and got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * (1 + np.abs(want).max()))
 
 

@@ -219,3 +219,36 @@ def test_supports_reasons(lv):
         assert "GPU" in b.supports(p, Tsit5(), Direct(), Adaptive(), device="cuda")
     with pytest.raises(cx.UnsupportedError):
         b.prepare(p, Tsit5(), GaussAdjoint(), Adaptive())
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+@pytest.fixture(scope="module")
+def batched():
+    problem = get_problem("mlp_fit", batch=3, n=2, width=8, depth=1)  # time input, mse targets per trajectory
+    return problem, reference(problem)
+
+
+# Direct and MALI on batches: tests/test_cross_backend.py::test_batched_same_grid_and_gradient (torch == JAX, and
+# both against the reference); Backsolve's backward solve differs between the backends, so it is checked here.
+@pytest.mark.parametrize("solver, sens, step, tol", [
+    (Dopri5(), Backsolve(), Adaptive(rtol=1e-9, atol=1e-11), 1e-7),
+], ids=["dopri5-backsolve"])
+def test_batched_gradients_vs_reference(batched, solver, sens, step, tol):
+    problem, ref = batched
+    prepared = LAZY.prepare(problem, solver, sens, step)
+    g = prepared.gradient()
+    assert g.dy0.shape == problem.y0.shape and g.dparams.shape == (problem.n_params,)
+    assert rel(np.concatenate([g.dparams, g.dy0.ravel()]), ref.grad) < tol
+    assert g.loss == pytest.approx(ref.loss, rel=tol)
+
+
+def test_batched_forward_mode_and_solve_shapes():
+    problem = get_problem("spiral_fit", batch=2, n_save=3, width=4)  # cube features
+    prepared = LAZY.prepare(problem, Dopri5(), Forward(), Adaptive(rtol=1e-10, atol=1e-12))
+    g = prepared.gradient()
+    ref = reference(problem)
+    assert rel(np.concatenate([g.dparams, g.dy0.ravel()]), ref.grad) < 1e-8
+    ys = prepared.solve().ys
+    assert ys.shape == problem.ys_shape and rel(ys, ref.ys) < 1e-8

@@ -88,6 +88,17 @@ def problems() -> dict[str, Problem]:
                        saveat=[0.5, 1.0], name="mlp"),
         "sqrt_decay": Problem(SymbolicRHS(["y"], ["k"], ["-k*sqrt(y)"]), y0=[1.0], params=[1.0], tspan=(0.0, 1.99),
                               name="sqrt_decay"),
+        # batches (one solve of the flattened (batch, n) state), mse targets, time input and cube features
+        "batch_mlp_mse": Problem(MLPRHS([2, 5, 2], activation="tanh", time_input=True, features="cube", seed=2),
+                                 y0=[[0.5, -0.3], [0.2, 0.4], [-0.6, 0.1]], tspan=(0.0, 1.0), saveat=[0.5, 1.0],
+                                 loss=Loss("mse", targets=np.linspace(-0.5, 0.5, 12).reshape(2, 3, 2)),
+                                 name="batch_mlp_mse"),
+        "batch_linear_mse": Problem(lin, y0=[[1.0, 0.5], [-0.5, 0.25]], params=p0, tspan=(0.0, 1.0),
+                                    saveat=[0.25, 0.5, 1.0], loss=Loss("mse", targets=w),  # shared by the batch
+                                    name="batch_linear_mse"),
+        "batch_linear_weights": Problem(lin, y0=[[1.0, 0.5], [-0.5, 0.25]], params=p0, tspan=(0.0, 1.0),
+                                        saveat=[0.25, 0.5, 1.0], loss=Loss("linear", np.stack([w, -w], axis=1)),
+                                        name="batch_linear_weights"),
     }
 
 
@@ -124,6 +135,10 @@ def gradient_cells() -> list[tuple[str, str, object, object, object, str]]:
         for sens in SENSITIVITIES:
             add("float32", "linear", solver, sens, step, "float32")
             add("float32", "mlp", solver, sens, step, "float32")
+    for name in ("batch_mlp_mse", "batch_linear_mse", "batch_linear_weights"):
+        for solver, step in ((Tsit5(), tight), (RK4(), Fixed(dt=FIXED_DT))):
+            for sens in SENSITIVITIES:
+                add("batch", name, solver, sens, step)
     for solver in (Dopri5(), Tsit5()):  # NaN-guarded sqrt: steps that leave its domain are rejected, not thrown
         for sens in SENSITIVITIES:
             add("nan_guard", "sqrt_decay", solver, sens, Adaptive(rtol=1e-6, atol=1e-8))
@@ -270,7 +285,8 @@ def _build_literal(call: _marshal.JuliaCall, table: _Table) -> str:
 
 def _ref_literal(prob: Problem) -> str:
     ref = crossode.reference(prob)
-    return _tuple({"loss": jl(float(ref.loss)), "dp": jl(np.asarray(ref.dparams)), "du0": jl(np.asarray(ref.dy0)),
+    # du0 flattened row-major: the order of a batched problem's state vector in Julia
+    return _tuple({"loss": jl(float(ref.loss)), "dp": jl(np.asarray(ref.dparams)), "du0": jl(np.ravel(ref.dy0)),
                    "method": jl(ref.method)})
 
 
@@ -348,7 +364,7 @@ def render() -> str:
         "# reference and PyTorch backend; do not edit. Regenerate: PYTHONPATH=. python "
         "tests/backends/julia/julia_fixtures.py --write\n\n"
         "const SOURCES = Dict{String, String}(\n" + ",\n".join(src_lines) + ",\n)\n\n"
-        "const ARRAYS = Dict{String, Vector{Float64}}(\n" + ",\n".join(arr_lines) + ",\n)\n\n"
+        "const ARRAYS = Dict{String, Array{Float64}}(\n" + ",\n".join(arr_lines) + ",\n)\n\n"
         "# shared build keywords (each case is merge(BASES[k], its own keywords))\n"
         "const BASES = Dict{String, NamedTuple}(\n" + ",\n".join(base_lines) + ",\n)\n\n"
         "# crossode.reference(problem): the independent reference of every crossode record\n"

@@ -682,6 +682,140 @@ def test_checkpointed_interpolating_adjoint_with_fixed_steps_is_rejected():
         assert JuliaBackend().supports(lotka_volterra(), solver, InterpolatingAdjoint(), Fixed(dt=0.1)) is None
 
 
+# ------------------------------------------------------------------------------------------ batches, mse, MLP input
+
+
+def _affine(env, w: str, x: str, bias: str, t: float) -> np.ndarray:
+    """``W * x .+ bias`` with the bias ``bK`` or ``(b1 .+ t .* w1t)`` broadcast over the columns of a matrix ``x``."""
+    if m := re.fullmatch(r"\((b1) \.\+ t \.\* w1t\)", bias):
+        b = env[m.group(1)] + t * env["w1t"]
+    else:
+        b = env[bias]
+    xv = env[x]
+    return env[w] @ xv + (b[:, None] if xv.ndim == 2 else b)
+
+
+def eval_generated_mlp_batched(src: str, activation: str, u: np.ndarray, p: np.ndarray, t: float) -> np.ndarray:
+    """Run generated MLP code (batched, time input, cube features) line by line with Julia's semantics."""
+    env = {"u": u, "t": t}
+    for line in src.split("function rhs_oop(u, p, t)", 1)[1].split("\n    end", 1)[0].strip().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if m := re.fullmatch(r"U = reshape\(u, (\d+), (\d+)\)", line):
+            env["U"] = np.reshape(u, (int(m.group(1)), int(m.group(2))), order="F")
+        elif m := re.fullmatch(r"X = (\w+) \.\* \1 \.\* \1", line):
+            env["X"] = env[m.group(1)] ** 3
+        elif m := re.fullmatch(r"R1 = reshape\(p\[(\d+):(\d+)\], (\d+), (\d+)\)", line):
+            a, b, rows, cols = map(int, m.groups())
+            env["R1"] = np.reshape(p[a - 1 : b], (rows, cols), order="F")
+        elif m := re.fullmatch(r"W1 = transpose\(R1\[1:(\d+), :\]\)", line):
+            env["W1"] = env["R1"][: int(m.group(1)), :].T
+        elif m := re.fullmatch(r"w1t = R1\[(\d+), :\]", line):
+            env["w1t"] = env["R1"][int(m.group(1)) - 1, :]
+        elif m := re.fullmatch(r"(W\d+) = transpose\(reshape\(p\[(\d+):(\d+)\], (\d+), (\d+)\)\)", line):
+            a, b, rows, cols = map(int, m.groups()[1:])
+            env[m.group(1)] = np.reshape(p[a - 1 : b], (rows, cols), order="F").T
+        elif m := re.fullmatch(r"(b\d+) = p\[(\d+):(\d+)\]", line):
+            env[m.group(1)] = p[int(m.group(2)) - 1 : int(m.group(3))]
+        elif m := re.fullmatch(r"(z\d+) = (W\d+) \* (\w+) \.\+ (.+)", line):
+            env[m.group(1)] = _affine(env, *m.groups()[1:], t)
+        elif m := re.fullmatch(r"return vec\((W\d+) \* (\w+) \.\+ (.+)\)", line):
+            return _affine(env, *m.groups(), t).ravel(order="F")  # Julia's vec: column-major
+        elif m := re.fullmatch(r"return (W\d+) \* (\w+) \.\+ (.+)", line):
+            return _affine(env, *m.groups(), t)
+        elif m := re.fullmatch(r"(h\d+) = (.*)", line):
+            z = re.search(r"z\d+", m.group(2)).group(0)
+            assert m.group(2) == _field.ACTIVATION_CODE[activation].format(z=z)
+            env[m.group(1)] = _ACT[activation](env[z])
+        else:
+            raise AssertionError(f"unexpected generated line: {line!r}")
+    raise AssertionError("no return line")
+
+
+@pytest.mark.parametrize("kw", [dict(time_input=True), dict(features="cube"), dict(time_input=True, features="cube"),
+                                dict(widths=[3, 3], time_input=True), dict(activation="softplus")], ids=str)
+@pytest.mark.parametrize("batch", [None, 4])
+def test_generated_mlp_code_with_batches_time_input_and_features(kw, batch):
+    kw = {"widths": [3, 5, 4, 3], **kw}
+    rhs = MLPRHS(**kw, seed=3)
+    p = rhs.initial_params()
+    y = np.random.default_rng(2).normal(size=(4, 3) if batch else 3)
+    src = _field.julia_source(rhs, batch=batch)
+    got = eval_generated_mlp_batched(src, rhs.activation, y.ravel(), p, 0.7)
+    np.testing.assert_allclose(got, rhs.f(0.7, y, p).ravel(), rtol=1e-13, atol=1e-14)  # row-major flattening
+
+
+def eval_generated_symbolic_batched(src: str, form: str, u: np.ndarray, p, t, n: int) -> np.ndarray:
+    env = dict(_NP, p=p, t=t, _e=np.e)
+    out = []
+    if form == "iip":
+        exprs = [m.group(2) for m in re.finditer(r"^\s*du\[o \+ (\d+)\] = (.*)$", src, re.M)]
+        for b in range(u.size // n):
+            env["u"] = u
+            code = [re.sub(r"u\[o \+ (\d+)\]", lambda m: f"u[{b * n + int(m.group(1))}]", e) for e in exprs]
+            out += [eval(julia_scalar_to_python(c), {"__builtins__": {}}, env) for c in code]  # noqa: S307
+    else:
+        body = src.split("one_trajectory(v) = [", 1)[1].split("]\n", 1)[0]
+        exprs = [ln.strip().rstrip(",") for ln in body.strip().splitlines()]
+        for b in range(u.size // n):
+            env["v"] = u[b * n : (b + 1) * n]
+            out += [eval(re.sub(r"\bv\[(\d+)\]", lambda m: f"v[{int(m.group(1)) - 1}]", julia_scalar_to_python(e)),
+                         {"__builtins__": {}}, env) for e in exprs]  # noqa: S307
+    return np.array(out, dtype=np.float64)
+
+
+@pytest.mark.parametrize("form", ["iip", "oop"])
+def test_generated_batched_symbolic_code_computes_the_field(form):
+    rhs = SymbolicRHS(["x", "y"], ["a", "b"], ["a*x - b*x*y + sin(t)", "2"])
+    p, y = np.array([1.5, 0.7]), np.random.default_rng(4).uniform(0.2, 0.9, (3, 2))
+    src = _field.julia_source(rhs, batch=3)
+    assert "for b in 1:3" in src and "reduce(vcat" in src
+    got = eval_generated_symbolic_batched(src, form, y.ravel(), p, 0.3, 2)
+    np.testing.assert_allclose(got, rhs.f(0.3, y, p).ravel(), rtol=1e-14)
+
+
+def test_batched_mse_problem_marshalling():
+    prob = crossode.get_problem("mlp_fit", batch=3, n=2, width=4, depth=1)  # time input, per-trajectory targets
+    call = _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive())
+    assert JuliaBackend().supports(prob, Tsit5(), GaussAdjoint(), Adaptive()) is None
+    kw = call.build_kwargs()
+    np.testing.assert_array_equal(kw["u0"], prob.y0.ravel())  # row-major: trajectory b at u[b*n : (b+1)*n]
+    assert kw["loss_kind"] == "mse" and kw["weights"] is None and kw["targets"].flags.c_contiguous
+    np.testing.assert_array_equal(kw["targets"], prob.loss.targets.reshape(4, 6).T)  # (batch * n, n_save)
+    assert "U = reshape(u, 2, 3)" in kw["src"] and "w1t" in kw["src"]
+    assert call.n_states == 6 and call.state_shape == (3, 2) and "state_shape" not in kw
+    # shared (n_save, n) targets are broadcast over the batch; batch-shaped linear weights keep their values
+    shared = prob.remake(loss=Loss("mse", targets=np.arange(8.0).reshape(4, 2)))
+    t = _marshal.build_call(shared, Tsit5(), GaussAdjoint(), Adaptive()).build_kwargs()["targets"]
+    np.testing.assert_array_equal(t, np.tile(np.arange(8.0).reshape(4, 2), (1, 3)).T)
+    w = np.random.default_rng(0).normal(size=(4, 3, 2))
+    lin = prob.remake(loss=Loss("linear", w))
+    np.testing.assert_array_equal(_marshal.build_call(lin, Tsit5(), GaussAdjoint(), Adaptive()).weights,
+                                  w.reshape(4, 6).T)
+    # results come back in the neutral shapes
+    g = _marshal.gradient_output({"status": "ok", "retcode": "Success", "loss": 1.0, "du0": np.arange(6.0),
+                                  "dp": np.zeros(prob.n_params), "nf": 10}, call)
+    np.testing.assert_array_equal(g.dy0, np.arange(6.0).reshape(3, 2))
+    ys = np.arange(24.0).reshape(6, 4)  # Julia's (batch * n, n_save)
+    s = _marshal.solve_output({"status": "ok", "retcode": "Success", "ys": ys, "nf": 10}, call)
+    assert s.ys.shape == (4, 3, 2)
+    np.testing.assert_array_equal(s.ys[:, 1, :], ys.T.reshape(4, 3, 2)[:, 1, :])
+    np.testing.assert_array_equal(s.ys[2, 1], ys[2:4, 2])
+
+
+def test_julia_loss_of_the_marshalled_data_is_the_neutral_loss():
+    """CrossODE.jl's losses (`sum(abs2, Y .- D) / 2`, `sum(W .* Y)`) on Julia's (batch * n, n_save) layout equal
+    Loss.value on the neutral (n_save, batch, n) states."""
+    prob = crossode.get_problem("spiral_fit", batch=3, n_save=4, width=4)
+    ys = np.random.default_rng(1).normal(size=prob.ys_shape)
+    y_julia = ys.reshape(4, -1).T
+    d = _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive()).targets
+    assert 0.5 * np.sum((y_julia - d) ** 2) == pytest.approx(prob.loss.value(ys), rel=1e-14)
+    w = np.random.default_rng(2).normal(size=prob.ys_shape)
+    lin = prob.remake(loss=Loss("linear", w))
+    wj = _marshal.build_call(lin, Tsit5(), GaussAdjoint(), Adaptive()).weights
+    assert np.sum(wj * y_julia) == pytest.approx(lin.loss.value(ys), rel=1e-13)
+
+
 # ------------------------------------------------------------------------------------------ backend object
 
 

@@ -278,8 +278,11 @@ def extra_fields():
     )
     constant = SymbolicRHS(["a", "b"], ["k"], ["0", "-k*b + 1/3"])
     mlps = [MLPRHS([2, 3, 2], activation=a, seed=1) for a in ("tanh", "relu", "softplus", "sigmoid", "identity")]
+    mlps += [MLPRHS([2, 3, 2], time_input=True, seed=1), MLPRHS([2, 3, 2], features="cube", seed=1),
+             MLPRHS([3, 3], time_input=True, features="cube", seed=1)]
     return [("every_function", every_function), ("constant_component", constant)] + [
-        (f"mlp_{m.activation}", m) for m in mlps
+        (f"mlp_{m.activation}{'_time' if m.time_input else ''}{'_cube' if m.features == 'cube' else ''}", m)
+        for m in mlps
     ] + [("mlp_deep", MLPRHS([3, 4, 5, 3], seed=2))]
 
 
@@ -299,8 +302,11 @@ def test_julia_tree_has_the_expected_files():
 GENERATED_NAMES = {
     "u", "p", "t", "du", "rhs_oop", "rhs_iip!", "oop", "iip", "Float32", "NaNMath", "zero", "one", "eltype",
     "transpose", "reshape", "max", "abs", "log1p", "exp", "inv", "tanh", "atan", "sinh", "cosh", "nothing",
+    "vec", "reduce", "vcat",
+    # locals of batched, time-input and cube-feature fields
+    "U", "X", "R1", "w1t", "one_trajectory", "v", "b", "o",
 }
-"""Identifiers generated code may use (Base functions that never throw a DomainError, and NaNMath)."""
+"""Identifiers generated code may use (Base functions that never throw a DomainError, NaNMath, and locals)."""
 
 
 def _check_generated(src: str):
@@ -319,6 +325,7 @@ def _check_generated(src: str):
 def test_generated_source_of_every_zoo_problem_parses(dtype):
     for name, problem in zoo_problems():
         _check_generated(_field.julia_source(problem.rhs, dtype))
+        _check_generated(_field.julia_source(problem.rhs, dtype, batch=problem.batch or 3))  # batched code too
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

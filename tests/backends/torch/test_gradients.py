@@ -305,3 +305,37 @@ def test_backend_supports_reasons():
     with pytest.raises(cx.UnsupportedError):
         b.prepare(prob, Kvaerno5(), Direct(), Adaptive())
     assert "torch" in b.versions()
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+BATCHED = {
+    "mlp_time_input": lambda: cx.get_problem("mlp_fit", batch=3, n=2, width=8, depth=1),  # mse, time input
+    "spiral_cube": lambda: cx.get_problem("spiral_fit", batch=3, n_save=4, width=8),  # mse, cube features
+    "lv_batch_weights": lambda: cx.get_problem("lotka_volterra", t1=2.0).remake(  # symbolic, batch-shaped weights
+        y0=[[1.0, 1.0], [0.5, 1.5]], saveat=[1.0, 2.0], loss=cx.Loss("linear", np.arange(8.0).reshape(2, 2, 2))),
+}
+BATCHED_METHODS = {
+    "dopri5-direct": (Dopri5(), Direct(), Adaptive(rtol=1e-9, atol=1e-11), 1e-7),
+    "dopri5-backsolve": (Dopri5(), Backsolve(), Adaptive(rtol=1e-9, atol=1e-11), 1e-7),
+    "alf-mali": (cx.ALF(), MALI(), Adaptive(rtol=1e-6, atol=1e-8), 1e-5),
+}
+
+
+# (ALF needs ~10^4 steps on Lotka-Volterra at this tolerance: MALI is checked on the MLP problems)
+BATCHED_CELLS = [(n, m) for n in BATCHED for m in BATCHED_METHODS if (n, m) != ("lv_batch_weights", "alf-mali")]
+
+
+@pytest.mark.parametrize("name, method", BATCHED_CELLS)
+def test_batched_gradients_vs_reference(name, method):
+    problem = BATCHED[name]()
+    solver, sens, step, tol = BATCHED_METHODS[method]
+    prepared = TorchBackend().prepare(problem, solver, sens, step)
+    g = prepared.gradient()
+    ref = cx.reference(problem)
+    assert g.dy0.shape == problem.y0.shape and g.dparams.shape == (problem.n_params,)
+    assert rel(np.concatenate([g.dparams, g.dy0.ravel()]), ref.grad) < tol
+    assert g.loss == pytest.approx(ref.loss, rel=tol)
+    ys = prepared.solve().ys
+    assert ys.shape == problem.ys_shape
+    assert rel(ys, ref.ys) < tol
