@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import re
 from collections.abc import Iterator, MutableMapping
@@ -85,6 +84,8 @@ def discover_plugins() -> dict[str, BackendSpec]:
     """Backends registered by installed distributions under :data:`ENTRY_POINT_GROUP` (metadata only, no imports).
 
     Unusable entry points are included with ``error`` set; clashing names are keyed ``name@distribution``."""
+    import importlib.metadata  # 17 ms of email/zipfile imports: paid when plugins are listed, not by `import crossode`
+
     try:
         eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     except Exception as e:  # noqa: BLE001 - broken metadata elsewhere must not break crossode
