@@ -131,14 +131,16 @@ def test_options_first_step_and_max_num_steps():
         odeint(func, y0, t, options={"max_num_steps": 2})
 
 
-@pytest.mark.parametrize("how", ["direct", "backsolve", "checkpointed", "fixed", "alf"])
+@pytest.mark.parametrize("how", ["direct", "backsolve", "checkpointed", "forward", "fixed", "alf", "mali"])
 def test_time_gradients_match_torchdiffeq_adjoint_and_finite_differences(how):
     func, y0 = Field(), y0_()
     kw = {"direct": {"rtol": 1e-10, "atol": 1e-12},
           "backsolve": {"rtol": 1e-10, "atol": 1e-12, "sensitivity": co.Backsolve()},
           "checkpointed": {"rtol": 1e-10, "atol": 1e-12, "sensitivity": co.Checkpointed()},
           "fixed": {"method": "rk4", "options": {"step_size": 0.01}},
-          "alf": {"method": "alf", "rtol": 1e-7, "atol": 1e-9}}[how]
+          "forward": {"rtol": 1e-10, "atol": 1e-12, "sensitivity": co.Forward()},
+          "alf": {"method": "alf", "rtol": 1e-7, "atol": 1e-9},
+          "mali": {"method": "alf", "rtol": 1e-7, "atol": 1e-9, "sensitivity": co.MALI()}}[how]
     t = torch.tensor([0.2, 0.7, 1.1, 1.6], dtype=F64, requires_grad=True)
     st = co.Stats()
     ys = odeint(func, y0, t, stats=st, **kw)
@@ -146,7 +148,7 @@ def test_time_gradients_match_torchdiffeq_adjoint_and_finite_differences(how):
     tt = t.detach().clone().requires_grad_(True)
     ref = torchdiffeq.odeint_adjoint(func, y0, tt, rtol=1e-10, atol=1e-12, adjoint_params=tuple(func.parameters()))
     (g_ref,) = torch.autograd.grad(ref.pow(2).sum(), [tt])
-    tol = 1e-5 if how in ("fixed", "alf") else 1e-7
+    tol = 1e-5 if how in ("fixed", "alf", "mali") else 1e-7
     np.testing.assert_allclose(g_t.numpy(), g_ref.numpy(), rtol=tol, atol=tol)
     # central differences of the loss in each t_i, with crossode itself at a tight tolerance
     eps = 1e-5
