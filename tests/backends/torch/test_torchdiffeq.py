@@ -133,6 +133,8 @@ def test_options_first_step_and_max_num_steps():
 
 @pytest.mark.parametrize("how", ["direct", "backsolve", "checkpointed", "forward", "fixed", "alf", "mali"])
 def test_time_gradients_match_torchdiffeq_adjoint_and_finite_differences(how):
+    """``t.requires_grad`` with every gradient method: dL/dt against torchdiffeq's adjoint and central differences
+    (t[0] included, whose gradient must leave out the output row y(t[0]) = y0)."""
     func, y0 = Field(), y0_()
     kw = {"direct": {"rtol": 1e-10, "atol": 1e-12},
           "backsolve": {"rtol": 1e-10, "atol": 1e-12, "sensitivity": co.Backsolve()},
