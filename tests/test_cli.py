@@ -115,6 +115,18 @@ def test_reference_backend_jsonl(tmp_path, capsys):
     assert rec["status"] == "ok" and rec["grad_error"] == 0.0 and rec["backend"] == "reference"
 
 
+def test_taylor_flag_adds_the_slope_to_records_and_table(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--out", str(path),
+                 "--repeats", "1", "--taylor"]) == 0
+    rec = json.loads(path.read_text().splitlines()[0])
+    assert rec["taylor_status"] in ("consistent", "unresolved") and "h" in rec["taylor"]
+    out = capsys.readouterr().out
+    assert "Taylor slope" in out
+    assert main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--repeats", "1"]) == 0
+    assert "Taylor" not in capsys.readouterr().out
+
+
 @pytest.mark.torch
 def test_damped_linear_done_when(data_dir, capsys):
     """Issue 2: torch dopri5 direct at 1e-8/1e-10 within 1e-5 of the closed form; the reference within 1e-8."""

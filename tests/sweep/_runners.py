@@ -52,6 +52,14 @@ def act(data):
         time.sleep(600)
     elif what == "sleep":
         time.sleep(float(tags["seconds"]))
+    elif what in ("emit", "emit_crash"):  # stream lines (one every `gap` seconds), then finish or segfault
+        from crossode.sweep._worker import emit
+
+        for i in range(int(tags["lines"])):
+            emit({"i": i, "pid": os.getpid(), "pad": "x" * int(tags.get("pad", 0))})
+            time.sleep(float(tags.get("gap", 0)))
+        if what == "emit_crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
     rec = run_cell(data)
     rec.tags["at_start"] = at_start
     rec.tags["omp_threads"] = os.environ.get("OMP_NUM_THREADS")
