@@ -565,13 +565,13 @@ _seconds(a, b) = (b - a) / 1.0e9
 """
     gradient_cell(cell[, p]) -> NamedTuple
 
-Loss and gradients with the cell's sensealg, at the cell's parameters or at `p` (same layout, element type and
-device; used by training, `train_step!`). Fields: `status`, `retcode`, `loss`, `du0`, `dp` (host
+Loss and gradients with the cell's sensealg, at the cell's parameters or at `p` (any vector of the same length,
+copied to the parameters' element type and device). Fields: `status`, `retcode`, `loss`, `du0`, `dp` (host
 `Vector{Float64}`, zeros when the solve failed), `nf`, `naccept`, `nreject` (forward `sol.stats`, -1 if absent),
 `calls_forward`, `calls_backward` (counted RHS calls), `time_forward_s`, `time_total_s`.
 """
 gradient_cell(cell::Cell) = Base.invokelatest(_gradient, cell, cell.prob.p)
-gradient_cell(cell::Cell, p) = Base.invokelatest(_gradient, cell, p)
+gradient_cell(cell::Cell, p) = Base.invokelatest(_gradient, cell, _like(cell.prob.p, p))
 
 function _gradient(cell::Cell, p)
     prob, alg, sensealg, kwargs = cell.prob, cell.alg, cell.sensealg, cell.kwargs
@@ -611,6 +611,12 @@ function _gradient(cell::Cell, p)
         time_forward_s = _seconds(start, forward_done), time_total_s = _seconds(start, stop))
 end
 
+# `p` (any vector, e.g. a NumPy array through juliacall) as an array like the cell's parameters `q`
+function _like(q::AbstractVector, p)
+    length(p) == length(q) || throw(DimensionMismatch("p must have $(length(q)) entries; got $(length(p))"))
+    return copyto!(similar(q), Vector{eltype(q)}(collect(p)))
+end
+
 # A forward solve at `p`; the cell's own parameters solve the problem as built (no `remake`).
 _solve_at(prob, alg, kwargs, p) = p === prob.p ? solve(prob, alg; kwargs...) : solve(prob, alg; p = p, kwargs...)
 
@@ -627,12 +633,13 @@ end
 """
     solve_cell(cell[, p]) -> NamedTuple
 
-Forward solve only, at the cell's parameters or at `p` (same layout, element type and device). Fields: `status`,
+Forward solve only, at the cell's parameters or at `p` (any vector of the same length, copied to the
+parameters' element type and device). Fields: `status`,
 `retcode`, `ys` (`(n_state, n_save)` host `Matrix{Float64}`; zero columns when the solve failed), `t`, `nf`,
 `naccept`, `nreject`, `calls`, `time_s`.
 """
 solve_cell(cell::Cell) = Base.invokelatest(_solve, cell, cell.prob.p)
-solve_cell(cell::Cell, p) = Base.invokelatest(_solve, cell, p)
+solve_cell(cell::Cell, p) = Base.invokelatest(_solve, cell, _like(cell.prob.p, p))
 
 function _solve(cell::Cell, p)
     calls0 = cell.calls[]
