@@ -90,8 +90,8 @@ def test_julia_adam_steps_match_numpy_adam_on_the_backends_gradients():
     for t in range(1, 4):
         ref = JuliaBackend().prepare(dataclasses.replace(problem, params=p), RK4(), Direct(), step).gradient()
         out = trainer.step(None)
-        np.testing.assert_allclose(out.loss, ref.loss, rtol=1e-12)
-        np.testing.assert_allclose(out.grad_norm, np.linalg.norm(ref.dparams), rtol=1e-12)
+        np.testing.assert_allclose(out.loss, ref.loss, rtol=1e-10)  # at the parameters before the update
+        np.testing.assert_allclose(out.grad_norm, np.linalg.norm(ref.dparams), rtol=1e-10)
         g = ref.dparams
         m = opt.b1 * m + (1 - opt.b1) * g
         v = opt.b2 * v + (1 - opt.b2) * g * g
