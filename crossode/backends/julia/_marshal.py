@@ -444,7 +444,7 @@ def build_call(
     saveat = np.array(problem.saveat, dtype=np.float64)
     implicit = isinstance(solver, AbstractImplicitSolver)
     if isinstance(step, Fixed):
-        grid = fixed_grid(t0, t1, step.dt, problem.saveat)
+        grid = fixed_grid(t0, t1, step.dt, problem.saveat, max_steps=step.max_steps)
         dt, dt0 = float(np.max(np.abs(np.diff(grid)))) * (1.0 + 1e-9), None
         adaptive, tstops = False, np.ascontiguousarray(grid, dtype=np.float64)
         abstol = reltol = FIXED_NEWTON_TOLERANCE[dtype] if implicit else None

@@ -176,8 +176,8 @@ def integrate(
         j += 1
 
     if isinstance(step, Fixed):
-        pts = list(fixed_grid(t0, t1, step.dt, t_save)) if grid is None else list(grid)
-        if len(pts) - 1 > step.max_steps:
+        pts = list(fixed_grid(t0, t1, step.dt, t_save, max_steps=step.max_steps)) if grid is None else list(grid)
+        if len(pts) - 1 > step.max_steps:  # a caller's own grid (the adjoint's reversed segments)
             raise SolverFailure(
                 "max_steps", f"the fixed grid needs {len(pts) - 1} steps, more than max_steps={step.max_steps}"
             )

@@ -482,6 +482,19 @@ def test_fixed_steps_land_on_the_shared_grid(dt, saveat):
     assert call.describe()["tstops"] == grid.size
 
 
+def test_fixed_grid_beyond_max_steps_fails_before_allocating(peak_allocation):
+    # 4e6 steps of dt=2.5e-6 over [0, 10]: a max_steps status at marshal time, before tstops (32 MB) is built
+    err, peak = peak_allocation(lambda: _marshal.build_call(lotka_volterra(), RK4(), Direct(),
+                                                            Fixed(dt=2.5e-6, max_steps=1000)))
+    assert isinstance(err, crossode.SolverFailure) and err.status == "max_steps", err
+    assert peak < 4e6, f"{peak / 1e6:.1f} MB allocated before the max_steps check"
+    assert "4,000,000 steps" in err.message and "max_steps=1,000" in err.message
+    # a grid that the save times split into more than max_steps steps fails after the merge, with the same status
+    with pytest.raises(crossode.SolverFailure, match="with the save times has 5 steps"):
+        _marshal.build_call(lotka_volterra(saveat=[2.5, 5.0, 7.5, 8.0, 10.0]), RK4(), Direct(),
+                            Fixed(dt=2.5, max_steps=4))
+
+
 def test_fixed_steps_backward_in_time():
     prob = lotka_volterra(tspan=(2.0, 0.0), saveat=[0.0])
     kw = _marshal.build_call(prob, RK4(), Direct(), Fixed(dt=0.3)).build_kwargs()
