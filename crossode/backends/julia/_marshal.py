@@ -17,8 +17,8 @@ every solve                ``saveat``; ``save_start = (saveat[0] == t0)``, ``sav
                            time, as in PyTorch and JAX); ``controller = CrossODEController()`` (the PyTorch/JAX
                            I-controller: factors in ``[1, 10]`` after acceptance, ``[0.2, 0.9]`` after rejection);
                            ``isoutofdomain = nonfinite_state`` (a non-finite state is a rejected step, factor 0.2);
-                           ``dtmin = 10 * spacing(max(|t0|, |t1|))`` (PyTorch's ``step_size_too_small``); ``dtmax =
-                           Inf`` (no cap on proposals); first step ``dt0`` (the given one, else crossode's unclipped
+                           ``dtmin = min_step_size(t0, t1, dtype)`` (:mod:`crossode._stepping`, the PyTorch and JAX
+                           ``step_size_too_small`` bound); ``dtmax = Inf`` (no cap on proposals); first step ``dt0`` (the given one, else crossode's unclipped
                            Hairer estimate, as JAX) as a *problem* keyword: the forward solve uses it, the backward
                            adjoint solve picks its own
 ``Fixed(dt)``              ``dt`` (largest grid interval), ``adaptive = false``, ``tstops = fixed_grid(...)``; implicit
@@ -83,7 +83,7 @@ from ..._solvers import (
     Tsit5,
     fixed_grid,
 )
-from ..._stepping import error_order, initial_step
+from ..._stepping import error_order, initial_step, min_step_size
 from ._field import julia_source
 
 __all__ = [
@@ -101,7 +101,6 @@ __all__ = [
     "sensealg_spec",
     "unsupported_reason",
     "uses_inplace",
-    "min_step_size",
     "build_call",
     "status_from",
     "gradient_output",
@@ -324,13 +323,6 @@ def uses_inplace(
     if isinstance(sensitivity, Direct) and isinstance(solver, AbstractImplicitSolver):
         return False
     return getattr(sensitivity, "vjp", "auto") != "zygote"
-
-
-def min_step_size(t0: float, t1: float, dtype: str = "float64") -> float:
-    """Ten spacings of ``dtype`` at the largest ``|t|`` of the span: a rejected step proposing less stops the solve
-    with ``step_size_too_small`` (the rule of ``crossode/backends/torch/_control.py::min_step_size`` and of the JAX
-    ``LandingController``; float32 times cannot resolve smaller steps)."""
-    return 10.0 * float(np.spacing(np.asarray(max(abs(t0), abs(t1)), dtype=np.dtype(dtype))))
 
 
 @dataclasses.dataclass(frozen=True)

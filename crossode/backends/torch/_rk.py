@@ -27,7 +27,8 @@ from ..._errors import InvalidInputError
 from ..._record import SolverFailure
 from ..._solvers import Adaptive, Fixed, fixed_grid
 from ..._tableaux import ButcherTableau
-from ._control import StepController, initial_step, min_step_size, rms_norm
+from ..._stepping import min_step_size
+from ._control import StepController, initial_step, rms_norm
 
 __all__ = ["Field", "Solution", "rk_step", "integrate"]
 

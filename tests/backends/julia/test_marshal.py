@@ -43,6 +43,7 @@ from crossode import (
     fixed_grid,
 )
 from crossode._backend import Backend
+from crossode._stepping import min_step_size
 from crossode.backends.julia import JuliaBackend, _field, _marshal, _probe
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -345,8 +346,9 @@ def test_adaptive_steps_land_on_every_save_time_with_the_torch_jax_controller():
     assert kw["controller"] == "CrossODEController()"
     assert kw["isoutofdomain"] == "nonfinite_state"  # a NaN/Inf candidate is a rejected step (factor qmin = 0.2)
     assert kw["dtmax"] == float("inf")  # proposals are not capped at |t1 - t0| (they are not in PyTorch/JAX)
-    assert kw["dtmin"] == 10 * np.spacing(10.0)  # PyTorch's step_size_too_small threshold
-    assert _marshal.min_step_size(0.0, 10.0, "float32") == 10 * float(np.spacing(np.float32(10.0)))
+    assert kw["dtmin"] == min_step_size(0.0, 10.0) == 10 * np.spacing(10.0)  # PyTorch's/JAX's threshold
+    kw32 = _marshal.build_call(prob, Dopri5(), GaussAdjoint(), Adaptive(), dtype="float32").solve_keywords()
+    assert kw32["dtmin"] == min_step_size(0.0, 10.0, "float32") == 10 * float(np.spacing(np.float32(10.0)))
     assert "dt" not in kw  # the first step is a problem keyword (next test)
 
 
