@@ -33,7 +33,8 @@ Disk cache: references are stored under :func:`cache_dir` (``$CROSSODE_CACHE/ref
 ``$XDG_CACHE_HOME/crossode/references`` or ``~/.cache/crossode/references``; ``CROSSODE_CACHE=off`` disables it),
 one ``.npz`` per (problem digest, requested method, code version), written atomically (temporary file + rename).
 The code version hashes :data:`REFERENCE_VERSION`, the NumPy/SciPy/SymPy versions and the source of this module,
-:mod:`crossode._rhs` and :mod:`crossode._problem`, so any change of the reference code invalidates old entries.
+:mod:`crossode._rhs`, :mod:`crossode._cnf` (CNF fields) and :mod:`crossode._problem`, so any change of the
+reference code invalidates old entries.
 Unreadable, corrupt or mismatching entries are ignored with a warning and recomputed.
 """
 
@@ -336,10 +337,10 @@ def code_version() -> str:
     """Hash of everything a cached reference depends on besides the problem (see the module docstring)."""
     import sympy
 
-    from . import _problem, _rhs
+    from . import _cnf, _problem, _rhs
 
     h = hashlib.sha256(f"v{REFERENCE_VERSION}|{np.__version__}|{scipy.__version__}|{sympy.__version__}".encode())
-    for module in (__file__, _rhs.__file__, _problem.__file__):
+    for module in (__file__, _rhs.__file__, _cnf.__file__, _problem.__file__):
         try:
             h.update(pathlib.Path(module).read_bytes())
         except OSError:  # e.g. a zipped install: fall back to the version number alone

@@ -130,6 +130,7 @@ def _feature_problems() -> dict:
     """One small problem per neutral feature beyond the basic single-state problem (for ``crossode list``)."""
     import numpy as np
 
+    from ._cnf import CNFRHS
     from ._problem import Loss, Problem
     from ._rhs import MLPRHS
 
@@ -140,6 +141,8 @@ def _feature_problems() -> dict:
                                            **base),
         "MLP time input": Problem(MLPRHS([2, 4, 2], time_input=True), y0=[1.0, 0.0], **base),
         "MLP cube features": Problem(MLPRHS([2, 4, 2], features="cube"), y0=[1.0, 0.0], **base),
+        "CNF field + cnf_nll loss": Problem(CNFRHS([2, 4, 2]), y0=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                             loss=Loss("cnf_nll"), **base),
     }
 
 

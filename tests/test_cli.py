@@ -28,13 +28,13 @@ def test_list_shows_support_matrix(capsys):
     assert main(["list"]) == 0
     text = capsys.readouterr().out
     assert "support matrix" in text and "lotka_volterra" in text and "mali" in text
-    assert "mlp_fit" in text and "spiral_fit" in text
+    assert "mlp_fit" in text and "spiral_fit" in text and "cnf_moons" in text and "cnf_checkerboard" in text
     features = text[text.index("problem features"):]
     from crossode.cli import feature_support
 
     table = feature_support()
     assert set(table) == {"batch (y0 of shape (batch, n))", "mse loss (data targets)", "MLP time input",
-                          "MLP cube features"}
+                          "MLP cube features", "CNF field + cnf_nll loss"}
     for feature, row in table.items():
         assert feature in features and "julia" in row  # Julia's supports() is pure Python: always listed
         for backend, reason in row.items():

@@ -1,4 +1,5 @@
-"""`import crossode` (and building problems, descriptors, references) imports no framework (checked in a subprocess)."""
+"""`import crossode` (and building problems, descriptors, references, CNF data and SciPy evaluations) imports no
+framework (checked in a subprocess)."""
 
 import subprocess
 import sys
@@ -10,6 +11,10 @@ from crossode import problems, Tsit5, ALF, MALI, Direct, Adaptive, check_pair
 p = problems.get_problem("lotka_volterra")
 check_pair(ALF(), MALI())
 crossode.reference(p)
+from crossode import cnf, datasets
+q = problems.get_problem("cnf_moons", batch=2, widths=[2, 4, 2])
+crossode.reference(q)
+cnf.nll(q, datasets.sample("checkerboard", 3), backend="scipy")
 from crossode import cli
 cli.build_parser()
 heavy = [m for m in ("torch", "jax", "jaxlib", "diffrax", "equinox", "juliacall", "juliapkg", "pandas", "matplotlib")
