@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import io
 import os
-import tomllib
 import zipfile
 
 import numpy as np
@@ -79,6 +78,8 @@ _LOSS = {"kind", "weights", "weights_file", "targets", "targets_file"}
 def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
     """Parse a TOML file of at most :data:`~crossode._limits.MAX_FILE_BYTES` (a regular file: devices, FIFOs and
     directories are refused without blocking); every failure is an :class:`InvalidInputError` naming ``what``."""
+    import tomllib  # ~8 ms: paid when a file is read, not by `import crossode`
+
     path = os.fspath(path)
     data = read_bounded(path, what)
     try:

@@ -47,13 +47,10 @@ import json
 import os
 import pathlib
 import stat
-import tempfile
 import time
 import warnings
 
 import numpy as np
-import scipy.integrate
-import scipy.linalg
 
 from ._errors import InvalidInputError
 from ._problem import Problem
@@ -185,6 +182,8 @@ def _finish(problem: Problem, ys: np.ndarray, g: np.ndarray, dparams, dy0, name:
 
 
 def _closed_form(problem: Problem, a_fn, da_fn) -> Reference:
+    import scipy.linalg
+
     p, y0 = problem.params, problem.y0
     a = a_fn(p)
     taus = problem.saveat - problem.t0
@@ -214,6 +213,7 @@ def _check(sol, problem: Problem, what: str, n_points: int | None = None):
 
 
 def _sparse_or_dense(blocks):
+    import scipy.linalg
     import scipy.sparse
 
     if sum(b.shape[0] for b in blocks) <= 2000:
@@ -222,6 +222,8 @@ def _sparse_or_dense(blocks):
 
 
 def _sensitivity(problem: Problem) -> Reference:
+    import scipy.integrate
+
     rhs, p = problem.rhs, problem.params
     shape = problem.y0.shape  # (n,) or (batch, n): one n x cols sensitivity block per trajectory
     n, m = problem.n_states, problem.n_params
@@ -261,6 +263,7 @@ def _sensitivity(problem: Problem) -> Reference:
 
 
 def _adjoint(problem: Problem) -> Reference:
+    import scipy.integrate
     import scipy.sparse
 
     rhs, p = problem.rhs, problem.params
@@ -335,6 +338,7 @@ def cache_dir() -> pathlib.Path | None:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of everything a cached reference depends on besides the problem (see the module docstring)."""
+    import scipy
     import sympy
 
     from . import _cnf, _problem, _rhs
@@ -398,6 +402,8 @@ def _disk_put(problem: Problem, method: str, ref: Reference) -> None:
         return
     meta = dict(version=code_version(), digest=problem.digest(), requested=method, problem=problem.name,
                 method=ref.method, loss=ref.loss, dt0=ref.dt0, dt1=ref.dt1, time_s=ref.time_s, nfe=ref.nfe)
+    import tempfile  # (with `random`) ~10 ms: paid when a reference is stored, not by `import crossode`
+
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,6 @@ from ..._solvers import (
     fixed_grid,
 )
 from ..._stepping import error_order, initial_step, min_step_size
-from ._field import julia_source
 
 __all__ = [
     "SOLVER_ALGS",
@@ -463,6 +462,8 @@ def build_call(
     if problem.loss_data is not None:  # (n_save, [batch,] n) -> Julia's (batch * n, n_save)
         full = np.broadcast_to(problem.loss_data, problem.ys_shape).reshape(problem.saveat.size, -1)
         data = np.ascontiguousarray(full.T, dtype=np.float64)
+    from ._field import julia_source  # SymPy's Julia printer: imported when a cell is built, not by `crossode info`
+
     return JuliaCall(
         src=julia_source(problem.rhs, dtype, batch=problem.batch),
         iip=uses_inplace(problem, sensitivity, device, solver),
