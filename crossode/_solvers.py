@@ -323,7 +323,9 @@ def fixed_grid(t0: float, t1: float, dt: float, saveat=(), max_steps: int | None
     Returned in integration order, float64.
 
     The number of steps is checked *before* the grid is allocated: more than ``max_steps`` (default
-    :data:`crossode._limits.MAX_GRID_STEPS`) raises :class:`~crossode.SolverFailure` with status ``max_steps``.
+    :data:`crossode._limits.MAX_GRID_STEPS`; backends pass ``Fixed.max_steps``) raises
+    :class:`~crossode.SolverFailure` with status ``max_steps``, as does a grid that the save times split into more
+    than ``max_steps`` steps (checked again after the merge).
     """
     limit = MAX_GRID_STEPS if max_steps is None else int(max_steps)
     needed = grid_steps(t0, t1, dt)
@@ -347,4 +349,7 @@ def fixed_grid(t0: float, t1: float, dt: float, saveat=(), max_steps: int | None
     for s in list(np.asarray(saveat, dtype=np.float64).ravel()) + [t1]:
         grid[np.argmin(np.abs(grid - s))] = s
     grid[0] = t0
+    if len(grid) - 1 > limit:
+        raise SolverFailure("max_steps", f"the fixed grid of dt={dt:g} over [{t0:g}, {t1:g}] with the save times has "
+                                         f"{len(grid) - 1:,} steps, more than max_steps={limit:,}")
     return grid

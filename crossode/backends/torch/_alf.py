@@ -239,12 +239,8 @@ def march(func, z, v, times: Sequence[float], eta: float, step, counter: _Counte
 
 
 def _march_fixed(func, z, v, times, eta, step: Fixed, counter, visit) -> Trajectory:
-    grid = fixed_grid(times[0], times[-1], step.dt, saveat=times[1:-1])
+    grid = fixed_grid(times[0], times[-1], step.dt, saveat=times[1:-1], max_steps=step.max_steps)
     n_steps = len(grid) - 1
-    if n_steps > step.max_steps:
-        raise SolverFailure(
-            "max_steps", f"ALF: the fixed grid needs {n_steps} steps, more than max_steps={step.max_steps}."
-        )
     # fixed_grid places every save time exactly on the grid (two saves closer than 1e-10*dt share a point)
     index = {float(g): n for n, g in enumerate(grid)}
     save_steps = np.array(

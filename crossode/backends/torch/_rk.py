@@ -27,7 +27,8 @@ from ..._errors import InvalidInputError
 from ..._record import SolverFailure
 from ..._solvers import Adaptive, Fixed, fixed_grid
 from ..._tableaux import ButcherTableau
-from ._control import StepController, initial_step, min_step_size, rms_norm
+from ..._stepping import min_step_size
+from ._control import StepController, initial_step, rms_norm
 
 __all__ = ["Field", "Solution", "rk_step", "integrate"]
 
@@ -174,8 +175,8 @@ def integrate(
         j += 1
 
     if isinstance(step, Fixed):
-        pts = list(fixed_grid(t0, t1, step.dt, t_save)) if grid is None else list(grid)
-        if len(pts) - 1 > step.max_steps:
+        pts = list(fixed_grid(t0, t1, step.dt, t_save, max_steps=step.max_steps)) if grid is None else list(grid)
+        if len(pts) - 1 > step.max_steps:  # a caller's own grid (the adjoint's reversed segments)
             raise SolverFailure(
                 "max_steps", f"the fixed grid needs {len(pts) - 1} steps, more than max_steps={step.max_steps}"
             )
