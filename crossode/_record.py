@@ -93,12 +93,19 @@ class Stats:
     ``nfe_forward``/``nfe_backward``: vector-field evaluations in the forward and backward passes (a VJP or JVP
     of the vector field counts as one evaluation); ``steps_accepted``/``steps_rejected``: forward steps.
     ``None`` means the backend cannot count it.
+
+    With per-sample steps (``Adaptive(batch_steps="per_sample")``) the NFE count *batched* calls (each evaluates
+    every sample still running, so they bound the time), the step counts are those of the sample with the most
+    attempts, and ``per_sample`` holds the distribution over samples (the evaluations each sample received on
+    average, ``nfe_forward_mean``/``nfe_backward_mean``, and its steps; see
+    ``crossode/backends/torch/_persample.py``); ``None`` for shared steps.
     """
 
     nfe_forward: int | None = None
     nfe_backward: int | None = None
     steps_accepted: int | None = None
     steps_rejected: int | None = None
+    per_sample: dict | None = None
 
 
 @dataclasses.dataclass
@@ -147,7 +154,8 @@ class Record:
     ``peak_memory_bytes`` measured (e.g. ``cpu_rss``: peak resident set above the pre-call baseline;
     ``cuda_allocator``: ``torch.cuda.max_memory_allocated``; ``xla_temp``: compiled program temp size);
     ``cpu_rss`` is only recorded for the first cell measured in a process (later in-process cells share its heap,
-    so their deltas are meaningless): both fields are ``None`` there. ``message`` is one line; ``details`` keeps
+    so their deltas are meaningless): both fields are ``None`` there. ``batch_steps``: the adaptive step control's
+    ``batch_steps`` (``None`` for fixed steps); ``per_sample``: :attr:`Stats.per_sample` of a per-sample cell. ``message`` is one line; ``details`` keeps
     what did not fit (a traceback, a worker's stderr tail). ``host`` is the machine that ran a sweep cell (``None``
     when nothing ran); timings compare only between records of one host.
     """
@@ -182,6 +190,8 @@ class Record:
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None
     threads: int | None = None
+    batch_steps: str | None = None
+    per_sample: dict | None = None
     solver_options: dict = dataclasses.field(default_factory=dict)
     sensitivity_options: dict = dataclasses.field(default_factory=dict)
     versions: dict = dataclasses.field(default_factory=dict)

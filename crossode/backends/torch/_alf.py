@@ -32,6 +32,7 @@ from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, AbstractSensitivity, Checkpointed, Direct
 from ..._solvers import ALF, Adaptive, Fixed, fixed_grid
 from ._control import StepController, initial_step, rms_norm
+from ._persample import per_sample_reason
 from ._solve import resolve_params
 
 __all__ = ["odeint_alf", "alf_step", "alf_inverse", "alf_step_vjp"]
@@ -425,6 +426,9 @@ def odeint_alf(
         )
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise InvalidInputError(f"`y0` must be a floating-point tensor; got {type(y0).__name__}.")
+    reason = per_sample_reason(solver, sensitivity, step)
+    if reason is not None:
+        raise UnsupportedError(reason)
     times = _check_times(t)
     params = resolve_params(func, params)
     if len(times) == 1:

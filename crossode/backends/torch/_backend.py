@@ -7,7 +7,9 @@ onto them); the loss is :meth:`crossode.Loss.apply` on the saved states, in the 
 
 Batched problems (``y0`` of shape ``(batch, n_states)``) are one solve of the ``(batch, n_states)`` state: one
 step sequence for the whole batch, the error norm the RMS over all its entries (torchdiffeq's default); saved
-states are ``(len(saveat), batch, n_states)`` and ``dy0`` comes back with the shape of ``y0``.
+states are ``(len(saveat), batch, n_states)`` and ``dy0`` comes back with the shape of ``y0``. With
+``Adaptive(batch_steps="per_sample")`` every sample takes its own steps instead (Direct with explicit RK, Direct and
+MALI with ALF; ``_persample.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..._solvers import ALF, AbstractImplicitSolver, AbstractSolver, AbstractSte
 from ..._tableaux import TABLEAUX
 from ._field import make_field_and_params
 from ._forward import MAX_FORWARD_ENTRIES
+from ._persample import per_sample_reason
 from ._solve import SolveSpec, solve
 from .odeint import check_config, odeint
 
@@ -75,6 +78,9 @@ class TorchBackend:
             return f"implicit solvers such as {type(solver).__name__} are not implemented in the PyTorch backend."
         if isinstance(sensitivity, (InterpolatingAdjoint, QuadratureAdjoint, GaussAdjoint)):
             return f"`{type(sensitivity).__name__}` is a Julia-only sensitivity (SciMLSensitivity)."
+        reason = per_sample_reason(solver, sensitivity, step)
+        if reason is not None:
+            return reason
         if isinstance(solver, ALF):
             if not isinstance(sensitivity, (MALI, Direct, Checkpointed)):
                 return f"`solver=ALF()` supports MALI(), Direct() and Checkpointed() in PyTorch; got `{sensitivity!r}`."

@@ -13,6 +13,7 @@ from ..._record import Stats
 from ..._sensitivity import AbstractSensitivity, Backsolve, Checkpointed, Direct, Forward
 from ..._solvers import Adaptive, Fixed
 from ..._tableaux import ButcherTableau
+from ._persample import integrate_rk, per_sample_reason, uses_per_sample
 from ._rk import Field, integrate
 
 __all__ = ["SolveSpec", "solve", "add_stat", "grad_or_none", "resolve_params", "check_params_declared"]
@@ -172,11 +173,16 @@ def solve(spec: SolveSpec, y0: torch.Tensor, sensitivity: AbstractSensitivity) -
             stats.nfe_backward = stats.nfe_backward or 0
             on_vjp = lambda: add_stat(stats, "nfe_backward", 1)  # noqa: E731
         field = spec.field(y0.device, on_vjp=on_vjp)
+        if uses_per_sample(spec.step, y0):
+            return torch.stack(integrate_rk(field, spec.tab, y0, spec.t0, spec.t1, spec.t_save, spec.step, stats))
         sol = integrate(field, spec.tab, y0, spec.t0, spec.t1, spec.t_save, spec.step)
         add_stat(stats, "nfe_forward", field.nfe)
         add_stat(stats, "steps_accepted", sol.accepted)
         add_stat(stats, "steps_rejected", sol.rejected)
         return torch.stack(sol.ys)
+    reason = per_sample_reason(None, sensitivity, spec.step)
+    if reason is not None:
+        raise UnsupportedError(reason)
     if isinstance(sensitivity, Checkpointed):
         from ._checkpoint import checkpointed_solve
 

@@ -26,6 +26,7 @@ from ..._sensitivity import (
 )
 from ..._solvers import ALF, AbstractSolver, AbstractStepControl, Adaptive, Dopri5, Fixed
 from ..._tableaux import TABLEAUX
+from ._persample import per_sample_reason
 from ._solve import SolveSpec, add_stat, check_params_declared, resolve_params, solve
 
 __all__ = ["odeint"]
@@ -72,7 +73,7 @@ def check_config(solver: AbstractSolver, sensitivity: AbstractSensitivity, step:
         return "`Checkpointed(checkpoints=k)` is not available in PyTorch: it stores every accepted step (ACA)."
     if getattr(sensitivity, "vjp", "auto") != "auto":
         return f"`vjp={sensitivity.vjp!r}` is a Julia option; PyTorch uses autograd ('auto')."
-    return None
+    return per_sample_reason(solver, sensitivity, step)
 
 
 def odeint(
@@ -101,6 +102,9 @@ def odeint(
       (recompute steps backwards; same gradient as Direct), :class:`~crossode.Backsolve` (continuous adjoint),
       :class:`~crossode.Forward` (forward sensitivities; small systems), or :class:`~crossode.MALI` with ALF.
     - ``step``: :class:`~crossode.Adaptive` or :class:`~crossode.Fixed` (steps on :func:`crossode.fixed_grid`).
+      ``Adaptive(batch_steps="per_sample")`` steps every row of a batched ``y0`` (shape ``(batch, ...)``) on its own
+      (Direct with explicit RK; Direct and MALI with ALF): ``func`` then gets ``t`` as a float64 tensor of shape
+      ``(rows,)``, one time per row of ``y`` (only the rows still running are passed).
     - ``params``: the tensors besides ``y0`` that receive gradients. Default: ``func.parameters()`` for an
       ``nn.Module`` (or a bound method of one), and for a ``functools.partial`` every tensor and module
       parameter among its arguments; an explicit list replaces the default (torchdiffeq's ``adjoint_params``).
