@@ -326,6 +326,11 @@ class DiffraxBackend:
             return f"device={device!r} requested but JAX sees no GPU here (devices: {jax.devices()})"
         if not isinstance(step, (Adaptive, Fixed)):
             return f"unknown step control {step!r}"
+        if isinstance(step, Adaptive) and step.per_sample:
+            return ("`batch_steps='per_sample'` is not implemented in the JAX backend: a Diffrax solve of a batch "
+                    "is one solve with one step sequence (Diffrax #500; jax.vmap of the solve would give per-sample "
+                    "steps but runs every sample until the slowest finishes); use batch_steps='shared' or the "
+                    "PyTorch backend")
         if isinstance(solver, ALF):
             if isinstance(sensitivity, (MALI, Direct, Forward)):
                 return None
