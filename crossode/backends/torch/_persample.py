@@ -11,7 +11,9 @@ The controller is :class:`._control.StepController`'s rule applied row by row (s
 rule, Hairer initial step per row); for one sample (``batch = 1``) the steps are those of the shared solve, up to
 round-off. Gradients:
 
-- Direct: autograd through this arithmetic (``torch.where`` picks each row's accepted values);
+- Direct: autograd through this arithmetic (``torch.where`` picks each row's accepted values; an attempt that
+  some rows reject stays on the graph, so the backward pass runs its VJPs for the whole batched call, with zero
+  cotangents on the rejecting rows: ``nfe_backward`` can exceed the shared count by the partly rejected attempts);
 - MALI (ALF): every sample's float64 step grid is kept; :func:`reverse_sweep` walks all samples backwards at
   once, each through its own steps with the exact ALF inverse, and the reconstruction test runs per sample.
 
@@ -348,10 +350,14 @@ def integrate_rk(f, tab, y0: torch.Tensor, t0: float, t1: float, t_save, step: A
                         raise SolverFailure("diverged", f"the {what} of sample {int(book.ids[r])} became "
                                                         f"non-finite at t={float(t[r]):.6g}")
             _fail_small(h_next, rej, hmin, book, t, rtol, atol)
+        # rows that rejected keep their values; an attempt rejected by every row leaves no trace (no graph)
         am = _col(accept, y).bool()
-        y = torch.where(am, y_new, y) if not acc_np.all() else y_new
-        if tab.fsal:
-            k1 = torch.where(am, k_last, k1) if not acc_np.all() else k_last
+        if acc_np.all():
+            y, k1 = y_new, (k_last if tab.fsal else k1)
+        elif acc_np.any():
+            y = torch.where(am, y_new, y)
+            if tab.fsal:
+                k1 = torch.where(am, k_last, k1)
         t = torch.where(accept, t_new, t)
         h = h_next
         if not tab.fsal:
@@ -484,10 +490,11 @@ def march_alf(func, z, v, times, eta: float, step: Adaptive, stats: Stats | None
                     f"t={float(s[r])!r} (last error norm {float(err[r]):.3g}, step {abs(float(hh[r])):.3g}; "
                     f"per-sample steps).",
                 )
-        all_acc = bool(acc_np.all())
-        am = _col(accept, z).bool()
-        z = z1 if all_acc else torch.where(am, z1, z)
-        v = v1 if all_acc else torch.where(am, v1, v)
+        if acc_np.all():
+            z, v = z1, v1
+        elif acc_np.any():  # an attempt rejected by every row leaves no trace (no graph)
+            am = _col(accept, z).bool()
+            z, v = torch.where(am, z1, z), torch.where(am, v1, v)
         # a step shortened to land on a save time says nothing against the step proposed before it
         h = torch.where(accept & landing & (hh.abs() < h), torch.maximum(h_next, h), h_next)
         s = torch.where(accept, s_new, s)
