@@ -87,8 +87,8 @@ __all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "build_prob
 _TOP_ONLY = {"name", "description", "output", "jobs", "max_cells", "grid", "executor"}
 _GRID = {
     "problems", "backends", "solvers", "sensitivities", "methods", "rtol", "atol", "dt", "dt0", "max_steps",
-    "batch_steps", "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference", "save_gradients", "tags",
-    "resources",
+    "batch_steps", "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference",
+    "save_gradients", "tags", "resources",
 }
 _EXECUTOR_KEYS = {"kind", "address", "workers", "start"}
 EXECUTOR_KINDS = ("local", "dask")

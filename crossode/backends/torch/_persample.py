@@ -206,7 +206,7 @@ class _Book:
         return [torch.stack(r) for r in self.rows]
 
 
-def per_sample_stats(book: _Book, bwd_calls: int | None = None, bwd_evals=None) -> dict:
+def per_sample_stats(book: _Book) -> dict:
     """``Stats.per_sample``: per-sample distribution of the work of a per-sample solve.
 
     ``nfe_forward_mean``/``_max``: evaluations of ``f`` each sample received (rows of the batched calls it took
@@ -214,7 +214,7 @@ def per_sample_stats(book: _Book, bwd_calls: int | None = None, bwd_evals=None) 
     ``steps_accepted_min``/``_mean``/``_max`` and ``steps_rejected_mean``; ``nfe_backward_mean`` likewise for
     the VJPs of the backward pass (once it has run); ``batch``.
     """
-    out = {
+    return {
         "batch": book.batch,
         "nfe_forward_mean": float(book.evals.mean()),
         "nfe_forward_max": int(book.evals.max()),
@@ -223,7 +223,6 @@ def per_sample_stats(book: _Book, bwd_calls: int | None = None, bwd_evals=None) 
         "steps_accepted_max": int(book.accepted.max()),
         "steps_rejected_mean": float(book.rejected.mean()),
     }
-    return out
 
 
 def _add(stats: Stats | None, book: _Book, extra_calls: int = 0, extra_evals: int = 0) -> None:
@@ -280,14 +279,6 @@ def _fail_small(h_next, rejected_rows, hmin, book: _Book, t, rtol, atol, what=""
 
 
 # ------------------------------------------------------------------------------------------------ explicit RK
-
-
-@dataclasses.dataclass
-class RKResult:
-    """Saved states (one ``(batch, ...)`` tensor per save time) and the bookkeeping of the march."""
-
-    ys: list
-    book: _Book
 
 
 def integrate_rk(f, tab, y0: torch.Tensor, t0: float, t1: float, t_save, step: Adaptive,
