@@ -156,8 +156,8 @@ class Record:
     ``cpu_rss`` is only recorded for the first cell measured in a process (later in-process cells share its heap,
     so their deltas are meaningless): both fields are ``None`` there. ``batch_steps``: the adaptive step control's
     ``batch_steps`` (``None`` for fixed steps); ``per_sample``: :attr:`Stats.per_sample` of a per-sample cell.
-    ``message`` is one line; ``details`` keeps what did not fit (a traceback, a worker's stderr tail). ``host`` is the machine that ran a sweep cell (``None``
-    when nothing ran); timings compare only between records of one host.
+    ``message`` is one line; ``details`` keeps what did not fit (a traceback, a worker's stderr tail). ``host`` is
+    the machine that ran a sweep cell (``None`` when nothing ran); timings compare only between records of one host.
     """
 
     problem: str
