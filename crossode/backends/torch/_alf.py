@@ -397,7 +397,9 @@ def odeint_alf(
       ``v0 = func(t[0], y0)`` and is not listed raises :class:`~crossode.InvalidInputError`.
     - ``solver``: :class:`~crossode.ALF` (``eta``); ``step``: :class:`~crossode.Adaptive` or
       :class:`~crossode.Fixed` (grid :func:`~crossode.fixed_grid`); ``sensitivity``: ``Direct()``, ``MALI()`` or
-      ``Checkpointed()`` (every step; an integer ``checkpoints`` is unsupported).
+      ``Checkpointed()`` (every step; an integer ``checkpoints`` is unsupported). ``Adaptive(batch_steps=
+      "per_sample")`` with Direct or MALI steps every row of ``y0`` on its own (``_persample.py``; ``func`` then
+      gets one time per row, a float64 tensor of shape ``(rows,)``).
     - ``stats``: counters are *added* to it: forward NFE = accepted + rejected + 1 (``v0``) + 1 (automatic
       initial step, which reuses ``v0``); MALI backward NFE = 2 per step (one evaluation, one VJP) + 1 (VJP of
       ``v0``) + one evaluation per save time when ``t`` requires grad.
