@@ -154,10 +154,15 @@ class Record:
     ``peak_memory_bytes`` measured (e.g. ``cpu_rss``: peak resident set above the pre-call baseline;
     ``cuda_allocator``: ``torch.cuda.max_memory_allocated``; ``xla_temp``: compiled program temp size);
     ``cpu_rss`` is only recorded for the first cell measured in a process (later in-process cells share its heap,
-    so their deltas are meaningless): both fields are ``None`` there. ``batch_steps``: the adaptive step control's
-    ``batch_steps`` (``None`` for fixed steps); ``per_sample``: :attr:`Stats.per_sample` of a per-sample cell.
-    ``message`` is one line; ``details`` keeps what did not fit (a traceback, a worker's stderr tail). ``host`` is
-    the machine that ran a sweep cell (``None`` when nothing ran); timings compare only between records of one host.
+    so their deltas are meaningless): both fields are ``None`` there. ``message`` is one line; ``details`` keeps
+    what did not fit (a traceback, a worker's stderr tail). ``host`` is the machine that ran a sweep cell (``None``
+    when nothing ran); timings compare only between records of one host. ``taylor_*`` (only with
+    ``measure(..., taylor=True)``): the Taylor test of ``dparams`` against the loss the solver computes
+    (:mod:`crossode._taylor`): the fitted ``E1`` slope (2: the gradient is the exact derivative of the computed loss),
+    the status (``consistent``, ``inconsistent``, ``unresolved``, or ``not_run`` with the reason in ``taylor``),
+    the inconsistency bound, and ``taylor`` (the whole :meth:`~crossode.check.TaylorResult.to_dict`).
+    ``batch_steps``: the adaptive step control's ``batch_steps`` (``None`` for fixed steps); ``per_sample``:
+    :attr:`Stats.per_sample` of a per-sample cell.
     """
 
     problem: str
@@ -200,6 +205,10 @@ class Record:
     dparams: list | None = None
     dy0: list | None = None
     host: str | None = None
+    taylor_slope: float | None = None
+    taylor_status: str | None = None
+    taylor_inconsistency: float | None = None
+    taylor: dict | None = None
 
     @property
     def ok(self) -> bool:

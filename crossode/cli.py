@@ -1,5 +1,6 @@
 """The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
-``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`) and ``julia-setup``.
+``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`), ``train`` (training runs;
+:mod:`crossode.train`) and ``julia-setup``.
 
 Exit status of ``compare``: 0 when at least one cell finished ``ok``; 1 when cells ran but none is ``ok``; 2 for bad
 input (unknown names, malformed or hostile problem files, an unusable ``--out``, unavailable backends that were
@@ -74,23 +75,73 @@ def _pkg_version(name: str) -> str | None:
         return None
 
 
+DEVICE_PROBE_TIMEOUT_S = 60.0
+"""How long ``crossode info --devices`` waits for a backend's own device query (its framework's import and GPU
+initialisation, in a subprocess) before it reports the devices as unknown."""
+
+_DEVICE_PROBE = ("import json, sys\nfrom crossode._registry import get_backend\n"
+                 "print(json.dumps(list(get_backend(sys.argv[1]).devices())))")
+
+
+def backend_devices(names, timeout: float = DEVICE_PROBE_TIMEOUT_S) -> dict[str, str]:
+    """``{backend: 'cpu, cuda' | 'unknown (why)'}``: each backend's ``devices()``.
+
+    Told without importing a framework where the registry can (``BackendSpec.devices``: e.g. no GPU driver on the
+    machine, so torch and JAX can only use the CPU); otherwise each backend answers in its own subprocess, all at
+    once, each bounded by ``timeout``: the frameworks import in parallel, a slow or crashing GPU initialisation
+    cannot hang or take down ``crossode info``, and Julia's import-order rule (juliacall before torch) cannot bite.
+    """
+    import importlib
+    import subprocess
+
+    from ._registry import BACKENDS
+
+    out, procs = {}, {}
+    for name in names:
+        spec = BACKENDS[name]
+        if spec.devices:
+            try:
+                module, func = spec.devices.split(":")
+                found = getattr(importlib.import_module(module), func)()
+            except Exception as e:  # noqa: BLE001 - info must never traceback
+                found, out[name] = None, f"unknown ({type(e).__name__}: {e})"
+            if found is not None:
+                out[name] = ", ".join(found)
+            if name in out:
+                continue
+        procs[name] = subprocess.Popen([sys.executable, "-c", _DEVICE_PROBE, name], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + timeout
+    for name, proc in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            out[name] = f"unknown (asking {name} took longer than {timeout:g} s)"
+            continue
+        try:
+            found = json.loads(stdout.strip().splitlines()[-1])
+            out[name] = ", ".join(map(str, found))
+        except (ValueError, IndexError):
+            last = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            out[name] = f"unknown ({last[:200]})"
+    return out
+
+
 def cmd_info(args) -> int:
-    """Each backend: available or not (with the reason), versions, devices."""
-    from ._registry import BACKENDS, get_backend, unavailable_reason
+    """Each backend: available or not (with the reason), versions, devices (:func:`backend_devices`)."""
+    from ._registry import BACKENDS, unavailable_reason
 
     print(f"crossode {_pkg_version('crossode') or 'dev'}  python {sys.version.split()[0]}")
-    for name in BACKENDS:
-        reason = unavailable_reason(name)
+    reasons = {name: unavailable_reason(name) for name in BACKENDS}
+    devices = backend_devices([n for n, r in reasons.items() if r is None]) if args.devices else {}
+    for name, reason in reasons.items():
         packages = _PACKAGES.get(name, BACKENDS[name].packages)  # plugins: their distribution
         versions = ", ".join(f"{p} {v}" for p in packages if (v := _pkg_version(p)))
         if reason is None:
-            devices = ""
-            if args.devices:
-                try:
-                    devices = "  devices: " + ", ".join(get_backend(name).devices())
-                except Exception as e:  # noqa: BLE001 - info must never traceback
-                    devices = f"  devices: unknown ({type(e).__name__}: {e})"
-            print(f"  {name:10s} available    {versions}{devices}")
+            shown = f"  devices: {devices[name]}" if name in devices else ""
+            print(f"  {name:10s} available    {versions}{shown}")
         else:
             print(f"  {name:10s} unavailable  {reason}")
     return 0
@@ -99,8 +150,12 @@ def cmd_info(args) -> int:
 # ------------------------------------------------------------------------------------------------------ list
 
 
-def _backend_instances() -> dict:
-    """Instances of the registered backends whose ``supports()`` can be called here (see :func:`support_matrix`)."""
+def _supporters() -> dict:
+    """``{backend: supports(problem, solver, sensitivity, step, device)}`` for every backend that can say.
+
+    Built-in backends answer through their framework-free ``supports`` (``BackendSpec.supports``, whether or not
+    the framework is installed: the matrix is what crossode implements) or, for Julia, an instance that imports
+    nothing; plugins are loaded (unusable ones are left out)."""
     import importlib
 
     from ._registry import BACKENDS, get_backend, unavailable_reason
@@ -109,20 +164,19 @@ def _backend_instances() -> dict:
     for name, spec in BACKENDS.items():
         if name == "reference":
             continue
-        missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
-        if missing and name != "julia":
-            continue
         try:
-            if spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
+            if spec.supports:
+                module, func = spec.supports.split(":")
+                out[name] = getattr(importlib.import_module(module), func)
+            elif spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
                 if unavailable_reason(name) is not None:
                     continue
-                backend = get_backend(name)
+                out[name] = get_backend(name).supports
             else:
                 module, cls = spec.target.split(":")
-                backend = getattr(importlib.import_module(module), cls)()
+                out[name] = getattr(importlib.import_module(module), cls)().supports
         except Exception:  # noqa: BLE001
             continue
-        out[name] = backend
     return out
 
 
@@ -130,6 +184,7 @@ def _feature_problems() -> dict:
     """One small problem per neutral feature beyond the basic single-state problem (for ``crossode list``)."""
     import numpy as np
 
+    from ._cnf import CNFRHS
     from ._problem import Loss, Problem
     from ._rhs import MLPRHS
 
@@ -140,6 +195,8 @@ def _feature_problems() -> dict:
                                            **base),
         "MLP time input": Problem(MLPRHS([2, 4, 2], time_input=True), y0=[1.0, 0.0], **base),
         "MLP cube features": Problem(MLPRHS([2, 4, 2], features="cube"), y0=[1.0, 0.0], **base),
+        "CNF field + cnf_nll loss": Problem(CNFRHS([2, 4, 2]), y0=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                             loss=Loss("cnf_nll"), **base),
     }
 
 
@@ -149,13 +206,13 @@ def feature_support() -> dict[str, dict[str, str | None]]:
     from ._sensitivity import Direct
     from ._solvers import Dopri5
 
-    backends = _backend_instances()
+    supporters = _supporters()
     out = {}
     for feature, problem in _feature_problems().items():
         row = {}
-        for name, backend in backends.items():
+        for name, supports in supporters.items():
             try:
-                row[name] = backend.supports(problem, Dopri5(), Direct(), Adaptive(), "cpu")
+                row[name] = supports(problem, Dopri5(), Direct(), Adaptive(), "cpu")
             except Exception as e:  # noqa: BLE001
                 row[name] = f"{type(e).__name__}: {e}"
         out[feature] = row
@@ -163,16 +220,14 @@ def feature_support() -> dict[str, dict[str, str | None]]:
 
 
 def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]:
-    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()``.
-
-    Backends whose framework is missing are left out (their ``supports`` needs the framework); the Julia backend's
-    ``supports`` is pure Python and is always included.
-    """
+    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()`` (on a CPU;
+    adaptive steps where the solver has an error estimate, else ``Fixed(dt=0.1)``), without importing torch or
+    JAX (see :func:`_supporters`)."""
     from . import problems
 
     problem = problem or problems.get_problem(DEFAULT_PROBLEM)
     out = {}
-    for name, backend in _backend_instances().items():
+    for name, supports in _supporters().items():
         table = {}
         for s_name, s_cls in SOLVERS.items():
             for g_name, g_cls in SENSITIVITIES.items():
@@ -184,7 +239,7 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
                     continue
                 step = Adaptive() if solver.adaptive else Fixed(dt=0.1)
                 try:
-                    table[(s_name, g_name)] = backend.supports(problem, solver, sens, step, "cpu")
+                    table[(s_name, g_name)] = supports(problem, solver, sens, step, "cpu")
                 except Exception as e:  # noqa: BLE001
                     table[(s_name, g_name)] = f"{type(e).__name__}: {e}"
         out[name] = table
@@ -247,7 +302,7 @@ def per_sample_support() -> dict[str, dict[tuple[str, str], str | None]]:
     problem = _feature_problems()["batch (y0 of shape (batch, n))"]
     step = Adaptive(batch_steps="per_sample")
     out = {}
-    for name, backend in _backend_instances().items():
+    for name, supports in _supporters().items():
         table = {}
         for s_name, s_cls in SOLVERS.items():
             if not s_cls.adaptive:
@@ -259,7 +314,7 @@ def per_sample_support() -> dict[str, dict[tuple[str, str], str | None]]:
                 except UnsupportedError:
                     continue
                 try:
-                    table[(s_name, g_name)] = backend.supports(problem, solver, sens, step, "cpu")
+                    table[(s_name, g_name)] = supports(problem, solver, sens, step, "cpu")
                 except Exception as e:  # noqa: BLE001
                     table[(s_name, g_name)] = f"{type(e).__name__}: {e}"
         out[name] = table
@@ -291,6 +346,15 @@ MEMORY_KINDS = {
 }
 
 
+def _taylor_cell(r) -> str:
+    if r.taylor_status is None:
+        return "-"
+    if r.taylor_slope is None:
+        return r.taylor_status
+    mark = "" if r.taylor_status == "consistent" else f" (incons. {_fmt(r.taylor_inconsistency, '.1e')})"
+    return f"{r.taylor_slope:.2f}{mark}"
+
+
 def _print_table(records, problem, skipped, show_details=False):
     from rich.console import Console
     from rich.markup import escape
@@ -298,8 +362,9 @@ def _print_table(records, problem, skipped, show_details=False):
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # pipes/CI: do not squeeze columns to 80
     table = Table(title=f"crossode compare: {problem.name} ({problem.rhs.describe()[:60]})", show_lines=False)
+    taylor = any(r.taylor_status is not None for r in records)
     for col in ("backend", "solver", "sensitivity", "step", "status", "loss", "grad err", "dy0 err", "NFE f/b",
-                "steps a/r", "grad ms", "compile s", "peak MB"):
+                "steps a/r", "grad ms", "compile s", "peak MB") + (("Taylor slope",) if taylor else ()):
         table.add_column(col, justify="right" if col not in ("backend", "solver", "sensitivity", "status") else "left")
     for r in records:
         step = f"dt={r.dt:g}" if r.dt is not None else f"rtol={r.rtol:g}"
@@ -312,8 +377,12 @@ def _print_table(records, problem, skipped, show_details=False):
         status = r.status if r.ok else f"[red]{r.status}[/red]"
         table.add_row(r.backend, r.solver, r.sensitivity, step, status, _fmt(r.loss, ".6g"), _fmt(r.grad_error, ".2e"),
                       _fmt(r.dy0_error, ".2e"), nfe, steps, _fmt(ms, ".2f"), _fmt(r.compile_s, ".2f"),
-                      _fmt(mb, ".1f"))
+                      _fmt(mb, ".1f"), *((_taylor_cell(r),) if taylor else ()))
     console.print(table)
+    if taylor:
+        console.print("Taylor slope: of E1(h) = |J(p + h v) - J(p) - h v.dJ/dp| for h = 2^-k (2: the gradient is the "
+                      "exact derivative of the loss the solver computed; 1: it is off by about `incons.` x ||g||).",
+                      markup=False, highlight=False)
     for r in records:
         if not r.ok:
             console.print(f"[red]{r.backend}/{r.solver}/{r.sensitivity}: {r.status}[/red]: {escape(r.message)}")
@@ -415,7 +484,7 @@ def cmd_compare(args) -> int:
     try:
         for b, solver, sens, step in cells:
             rec = measure(problem, b, solver, sens, step, device=args.device, dtype=args.dtype,
-                          repeats=args.repeats, save_gradients=args.save_gradients)
+                          repeats=args.repeats, save_gradients=args.save_gradients, taylor=args.taylor)
             records.append(rec)
             if store is not None:
                 try:
@@ -459,6 +528,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """``crossode report``: the sweep report, or the training report for ``crossode train`` results."""
+    from .sweep import _cli as sweep_cli
+    from .train._report import is_training_file, write_training_report
+
+    sweep_cli.check_results(args.results)
+    return sweep_cli.cmd_report(args, write=write_training_report if is_training_file(args.results) else None)
+
+
 def cmd_julia_setup(args) -> int:
     """Install Julia and the Julia packages through juliapkg (needs internet) and precompile."""
     try:
@@ -497,16 +575,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up call (median reported)")
     c.add_argument("--out", help="append one JSON record per cell to this JSONL file")
     c.add_argument("--save-gradients", action="store_true", help="include dparams and dy0 in records and output")
+    c.add_argument("--taylor", action="store_true",
+                   help="also run Onken & Ruthotto's Taylor test of each gradient against the loss its solver computes "
+                        "(fitted E1 slope: 2 = consistent; about 21 extra solves per cell; with --config: every cell)")
     c.add_argument("--traceback", action="store_true",
                    help="print the full details (traceback, worker stderr) of failed cells, not just one line")
     from .sweep import _cli as sweep_cli
 
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
-    sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
+    sweep_cli.add_report_parser(sub, cmd_report)
     from .check import _cli as check_cli
 
     check_cli.add_check_parser(sub)
+    from .train import _cli as train_cli
+
+    train_cli.add_train_parser(sub)
     js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
     js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
     js.set_defaults(func=cmd_julia_setup)

@@ -43,6 +43,7 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     threads = 1                          # threads pinned in each worker (OMP/MKL/XLA/torch)
     with_reference = true                # compare with the independent reference
     save_gradients = false               # store dparams/dy0 in the records
+    taylor = false                       # add the Taylor test of each gradient (taylor_slope, ...; ~21 solves)
     tags = { study = "x" }               # extra tags copied into every record
     resources = { gpu = 1 }              # Dask worker resources a cell needs (default: gpu = 1 for cuda/gpu
                                          #   devices, julia = 1 for the julia backend; `false` drops one)
@@ -88,7 +89,7 @@ _TOP_ONLY = {"name", "description", "output", "jobs", "max_cells", "grid", "exec
 _GRID = {
     "problems", "backends", "solvers", "sensitivities", "methods", "rtol", "atol", "dt", "dt0", "max_steps",
     "batch_steps", "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference",
-    "save_gradients", "tags", "resources",
+    "save_gradients", "tags", "resources", "taylor",
 }
 _EXECUTOR_KEYS = {"kind", "address", "workers", "start"}
 EXECUTOR_KINDS = ("local", "dask")
@@ -146,11 +147,13 @@ class Cell:
     save_gradients: bool = False
     tags: dict = dataclasses.field(default_factory=dict)
     resources: dict = dataclasses.field(default_factory=dict)
+    taylor: bool = False
 
     @functools.cached_property
     def key(self) -> str:
         """Stable 16-hex-digit identity over problem (+overrides, fingerprint), backend, solver (+options),
-        sensitivity (+options), step, device, dtype and replicate index."""
+        sensitivity (+options), step, device, dtype and replicate index (and ``taylor`` when set: a cell measured
+        without the Taylor test is not the same as one with it)."""
         ident = {
             "problem": {k: v for k, v in self.problem.items() if k != "file"},
             "fingerprint": self.problem_fingerprint,
@@ -162,6 +165,8 @@ class Cell:
             "dtype": self.dtype,
             "replicate": self.replicate,
         }
+        if self.taylor:
+            ident["taylor"] = True
         text = json.dumps(_canon(ident), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -614,6 +619,7 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
         raise InvalidInputError(f"`timeout` must be a positive number of seconds; got {timeout!r}.")
     with_reference = _bool(g, "with_reference", True)
     save_gradients = _bool(g, "save_gradients", False)
+    taylor = _bool(g, "taylor", False)
     tags = g.get("tags", {})
     if not isinstance(tags, dict):
         raise InvalidInputError(f"`tags` must be a table; got {tags!r}.")
@@ -643,7 +649,8 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
     budget[0] -= count
     return {"problems": problems, "backends": backends, "combos": combos, "devices": devices, "dtypes": dtypes,
             "replicates": replicates, "repeats": repeats, "timeout": float(timeout), "threads": threads,
-            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags, "resources": resources}
+            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags, "resources": resources,
+            "taylor": taylor}
 
 
 def _build(plan: dict) -> list[Cell]:
@@ -669,7 +676,7 @@ def _build(plan: dict) -> list[Cell]:
             solver={"name": s_name, "options": dict(s_opts)}, sensitivity={"name": g_name, "options": dict(g_opts)},
             step=step, device=device, dtype=dtype, replicate=rep, repeats=plan["repeats"], timeout=plan["timeout"],
             threads=plan["threads"], with_reference=plan["with_reference"], save_gradients=plan["save_gradients"],
-            tags=dict(plan["tags"]),
+            tags=dict(plan["tags"]), taylor=plan["taylor"],
             resources=cell_resources(backend, device, plan["resources"]),
         ))
     return cells

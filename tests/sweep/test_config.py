@@ -72,6 +72,16 @@ def test_cell_key_is_stable_and_ignores_run_settings():
     assert cells({**base, "problems": [{"name": "linear", "overrides": {"t1": 8}}]})[0].key != k
     assert cells({**base, "solvers": ["tsit5"]})[0].key != k
     assert cells({**base, "dtypes": ["float32"]})[0].key != k
+    assert cells({**base, "taylor": False})[0].key == k  # keys of sweeps without the Taylor test stay as they were
+    assert cells({**base, "taylor": True})[0].key != k  # --resume with the Taylor test runs the cells again
+
+
+def test_taylor_key_reaches_the_cells():
+    base = {"problems": ["linear"], "rtol": [1e-6], "grid": [{"taylor": True}, {"solvers": ["tsit5"]}]}
+    got = cells(base)
+    assert [c.taylor for c in got] == [True, False]
+    with pytest.raises(InvalidInputError, match="`taylor` must be true or false"):
+        cells({"problems": ["linear"], "taylor": "yes"})
 
 
 @pytest.mark.parametrize("data, match", [

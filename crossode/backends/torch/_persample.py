@@ -32,8 +32,8 @@ import torch
 
 from ... import _stepping as hairer
 from ..._record import SolverFailure, Stats
-from ..._sensitivity import MALI, Direct
-from ..._solvers import ALF, Adaptive
+from ..._solvers import Adaptive
+from .._capabilities import torch_per_sample_reason as per_sample_reason
 
 __all__ = ["per_sample_reason", "uses_per_sample", "integrate_rk", "march_alf", "reverse_sweep", "per_sample_stats"]
 
@@ -46,18 +46,6 @@ def uses_per_sample(step, y0: torch.Tensor) -> bool:
     A 1-D state is one sample: its shared solve is the per-sample one.
     """
     return isinstance(step, Adaptive) and step.per_sample and y0.dim() >= 2
-
-
-def per_sample_reason(solver, sensitivity, step) -> str | None:
-    """``None`` if the PyTorch backend runs this configuration with ``batch_steps="per_sample"`` (or the step
-    control does not ask for it), else the reason: Direct with explicit RK, Direct and MALI with ALF."""
-    if not (isinstance(step, Adaptive) and step.per_sample):
-        return None
-    ok = (Direct, MALI) if isinstance(solver, ALF) else (Direct,)
-    if isinstance(sensitivity, ok):
-        return None
-    return (f"`batch_steps='per_sample'` is implemented in PyTorch for Direct() with explicit RK solvers and for "
-            f"Direct() and MALI() with ALF(); got solver={solver!r}, sensitivity={sensitivity!r}.")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -140,7 +128,8 @@ class _Book:
             out = f(t, y)
             if stats is not None and isinstance(out, torch.Tensor) and out.requires_grad:
                 share = len(self.ids) / batch
-                out.register_hook(lambda grad: _add_backward_mean(stats, share))
+                # one hook per batched call (Direct): autograd reaches it once per VJP of that call
+                out.register_hook(lambda grad: _add_backward_mean(stats, share, 1))
             return out
 
         return fc
@@ -240,17 +229,16 @@ def _add(stats: Stats | None, book: _Book, extra_calls: int = 0, extra_evals: in
     stats.per_sample = ps
 
 
-def _add_backward_mean(stats: Stats, evals_mean: float) -> None:
+def _add_backward_mean(stats: Stats, evals_mean: float, calls: int = 0) -> None:
+    stats.nfe_backward = (stats.nfe_backward or 0) + calls
     if stats.per_sample is not None:
         stats.per_sample["nfe_backward_mean"] = stats.per_sample.get("nfe_backward_mean", 0.0) + evals_mean
 
 
 def add_backward(stats: Stats | None, calls: int, evals_mean: float) -> None:
     """Add a backward pass of ``calls`` batched evaluations/VJPs, ``evals_mean`` per sample on average."""
-    if stats is None:
-        return
-    stats.nfe_backward = (stats.nfe_backward or 0) + calls
-    _add_backward_mean(stats, evals_mean)
+    if stats is not None:
+        _add_backward_mean(stats, evals_mean, calls)
 
 
 def _targets(t0: float, t1: float, t_save) -> tuple[list, list, int]:
