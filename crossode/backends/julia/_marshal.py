@@ -270,6 +270,10 @@ def unsupported_reason(
         return f"dtype {dtype!r} is not supported; use 'float64' or 'float32'"
     if not isinstance(problem.rhs, (SymbolicRHS, MLPRHS, CNFRHS)):
         return f"the Julia backend cannot generate code for {type(problem.rhs).__name__}"
+    if getattr(step, "per_sample", False):
+        return ("`batch_steps='per_sample'` is not implemented in the Julia backend: a batched problem is one "
+                "ODEProblem with one step sequence (an EnsembleProblem would step each sample alone, without the "
+                "batched evaluation of f); use batch_steps='shared' or the PyTorch backend")
     if isinstance(solver, ALF):
         return (
             "ALF (asynchronous leapfrog) has no OrdinaryDiffEq implementation; the Julia backend supports "

@@ -267,3 +267,15 @@ def test_batched_forward_mode_and_solve_shapes():
     assert rel(np.concatenate([g.dparams, g.dy0.ravel()]), ref.grad) < 1e-8
     ys = prepared.solve().ys
     assert ys.shape == problem.ys_shape and rel(ys, ref.ys) < 1e-8
+
+
+def test_per_sample_steps_refused_with_reason():
+    from crossode._registry import get_backend
+
+    p = cx.Problem(cx.SymbolicRHS(["x"], ["k"], ["-k*x"]), y0=[[1.0], [2.0]], params={"k": 1.0}, tspan=(0.0, 1.0))
+    backend = get_backend("jax")
+    reason = backend.supports(p, cx.Dopri5(), cx.Direct(), Adaptive(batch_steps="per_sample"))
+    assert reason is not None and "batch_steps='per_sample'" in reason
+    assert backend.supports(p, cx.Dopri5(), cx.Direct(), Adaptive()) is None
+    rec = cx.measure(p, "jax", cx.Dopri5(), cx.Direct(), Adaptive(batch_steps="per_sample"), repeats=1)
+    assert rec.status == "unsupported"

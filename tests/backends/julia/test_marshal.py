@@ -967,3 +967,11 @@ def test_sympy_is_the_only_symbolic_dependency():
     # codegen works on plain SymPy expressions handed over by SymbolicRHS
     rhs = SymbolicRHS(["x"], ["k"], [sympy.Symbol("k", real=True) * sympy.Symbol("x", real=True)])
     assert "du[1] = p[1] * u[1]" in _field.julia_source(rhs)
+
+
+def test_per_sample_steps_refused_with_reason():
+    p = crossode.Problem(crossode.SymbolicRHS(["x"], ["k"], ["-k*x"]), y0=[[1.0], [2.0]], params={"k": 1.0},
+                         tspan=(0.0, 1.0))
+    reason = _marshal.unsupported_reason(p, crossode.Dopri5(), crossode.Direct(), Adaptive(batch_steps="per_sample"))
+    assert reason is not None and "batch_steps='per_sample'" in reason
+    assert _marshal.unsupported_reason(p, crossode.Dopri5(), crossode.Direct(), Adaptive()) is None
