@@ -185,6 +185,7 @@ def measure(
         rtol=step.rtol if isinstance(step, Adaptive) else None,
         atol=step.atol if isinstance(step, Adaptive) else None,
         dt=step.dt if isinstance(step, Fixed) else None,
+        batch_steps=step.batch_steps if isinstance(step, Adaptive) else None,
         device=device,
         dtype=dtype,
         threads=_threads(),
@@ -232,6 +233,7 @@ def measure(
     st = out.stats
     rec.nfe_forward, rec.nfe_backward = st.nfe_forward, st.nfe_backward
     rec.steps_accepted, rec.steps_rejected = st.steps_accepted, st.steps_rejected
+    rec.per_sample = getattr(st, "per_sample", None)
     rec.time_gradient_s = float(np.median(grad_times))
     rec.time_forward_s = float(np.median(fwd_times))
     own_compile = getattr(prepared, "compile_s", None)

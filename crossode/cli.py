@@ -23,7 +23,7 @@ import warnings
 from ._errors import CrossODEError, InvalidInputError, UnsupportedError, fmt_choices
 from ._limits import grid_steps
 from ._sensitivity import SENSITIVITIES, check_pair, sensitivity_from_name
-from ._solvers import SOLVERS, Adaptive, Fixed, solver_from_name
+from ._solvers import BATCH_STEPS, SOLVERS, Adaptive, Fixed, solver_from_name
 
 __all__ = ["main", "DEFAULT_PROBLEM", "DEFAULT_CELLS"]
 
@@ -283,7 +283,42 @@ def cmd_list(args) -> int:
         ok = [b for b, reason in row.items() if reason is None]
         missing = "; ".join(f"not {b}: {reason}" for b, reason in row.items() if reason is not None)
         print(f"  {feature:32s} {', '.join(ok) or '-'}" + (f"  ({missing})" if missing else ""))
+    print("per-sample steps (Adaptive(batch_steps='per_sample'), --batch-steps per_sample; the (solver, sensitivity) "
+          "pairs whose supports() accepts it on a batched problem):")
+    for backend, row in per_sample_support().items():
+        ok = [f"{s}+{g}" for (s, g), reason in row.items() if reason is None]
+        if ok:
+            print(f"  {backend:8s} {', '.join(ok)}")
+        else:
+            reasons = list(dict.fromkeys(r for r in row.values() if r is not None))
+            print(f"  {backend:8s} -  ({reasons[0] if len(reasons) == 1 else 'see supports()'})")
     return 0
+
+
+def per_sample_support() -> dict[str, dict[tuple[str, str], str | None]]:
+    """``{backend: {(solver, sensitivity): None | reason}}`` for ``Adaptive(batch_steps="per_sample")`` on a
+    batched problem: every adaptive solver x sensitivity pair that makes sense, asked of each backend's
+    ``supports()``."""
+    problem = _feature_problems()["batch (y0 of shape (batch, n))"]
+    step = Adaptive(batch_steps="per_sample")
+    out = {}
+    for name, supports in _supporters().items():
+        table = {}
+        for s_name, s_cls in SOLVERS.items():
+            if not s_cls.adaptive:
+                continue
+            for g_name, g_cls in SENSITIVITIES.items():
+                solver, sens = s_cls(), g_cls()
+                try:
+                    check_pair(solver, sens)
+                except UnsupportedError:
+                    continue
+                try:
+                    table[(s_name, g_name)] = supports(problem, solver, sens, step, "cpu")
+                except Exception as e:  # noqa: BLE001
+                    table[(s_name, g_name)] = f"{type(e).__name__}: {e}"
+        out[name] = table
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- compare
@@ -333,6 +368,8 @@ def _print_table(records, problem, skipped, show_details=False):
         table.add_column(col, justify="right" if col not in ("backend", "solver", "sensitivity", "status") else "left")
     for r in records:
         step = f"dt={r.dt:g}" if r.dt is not None else f"rtol={r.rtol:g}"
+        if getattr(r, "batch_steps", None) == "per_sample":
+            step += " per-sample"
         nfe = f"{_fmt(r.nfe_forward, 'd')}/{_fmt(r.nfe_backward, 'd')}"
         steps = f"{_fmt(r.steps_accepted, 'd')}/{_fmt(r.steps_rejected, 'd')}"
         ms = None if r.time_gradient_s is None else 1e3 * r.time_gradient_s
@@ -402,6 +439,8 @@ def cmd_compare(args) -> int:
         pairs, defaults = list(DEFAULT_CELLS), True
     if args.dt is not None and (args.rtol is not None or args.atol is not None):
         raise InvalidInputError("give --dt (fixed step) or --rtol/--atol (adaptive), not both.")
+    if args.dt is not None and args.batch_steps is not None:
+        raise InvalidInputError("--batch-steps chooses how adaptive steps are shared; it does not apply to --dt.")
     if args.dt is not None:
         fixed = Fixed(dt=args.dt)
         needed = grid_steps(problem.t0, problem.t1, fixed.dt)
@@ -415,7 +454,8 @@ def cmd_compare(args) -> int:
             step = fixed
         else:
             step = Adaptive(rtol=args.rtol if args.rtol is not None else 1e-6,
-                            atol=args.atol if args.atol is not None else 1e-8)
+                            atol=args.atol if args.atol is not None else 1e-8,
+                            batch_steps=args.batch_steps or "shared")
             if not solver.adaptive:
                 if defaults:
                     continue
@@ -527,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float)
     c.add_argument("--atol", type=float)
     c.add_argument("--dt", type=float, help="fixed step size (instead of rtol/atol)")
+    c.add_argument("--batch-steps", choices=BATCH_STEPS,
+                   help="adaptive steps of a batched problem: one step sequence for the batch (shared, default) or "
+                        "each sample its own (per_sample; torch Direct/MALI only)")
     c.add_argument("--device", default="cpu", help="cpu or cuda/gpu")
     c.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     c.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up call (median reported)")

@@ -70,6 +70,7 @@ def test_list_and_info_devices_load_no_framework():
         (["compare", "--problem-file", "/nonexistent.toml"], "does not exist"),
         (["compare", "--rtol", "1e-3", "--dt", "0.1", "--backend", "reference"], "not both"),
         (["compare", "--rtol", "-1", "--backend", "reference"], "rtol"),
+        (["compare", "--dt", "0.1", "--batch-steps", "per_sample", "--backend", "reference"], "--batch-steps"),
         (["compare", "--bogus"], "unrecognized"),
         ([], "required"),
     ],
@@ -301,3 +302,19 @@ def test_partly_unsupported_products_run_the_rest(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "only when every cell is unsupported" in " ".join(capsys.readouterr().out.split())
+
+
+def test_batch_steps_per_sample_runs_and_is_listed(tmp_path, capsys):
+    pytest.importorskip("torch")
+    problem = tmp_path / "batch.toml"
+    problem.write_text('states = ["x"]\nrhs = ["-k*x"]\ny0 = [[1.0], [2.0]]\ntspan = [0.0, 1.0]\n\n[params]\nk = 1.0\n')
+    out = tmp_path / "r.jsonl"
+    code = main(["compare", "--problem-file", str(problem), "--backend", "torch", "--solver", "dopri5",
+                 "--sensitivity", "direct", "--batch-steps", "per_sample", "--repeats", "1", "--out", str(out)])
+    assert code == 0 and "per-sample" in capsys.readouterr().out
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["status"] == "ok" and rec["batch_steps"] == "per_sample" and rec["per_sample"]["batch"] == 2
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    listed = text[text.index("per-sample steps"):]
+    assert "torch" in listed and "dopri5+direct" in listed and "alf+mali" in listed and "not implemented" in listed

@@ -14,7 +14,7 @@ __all__ = ["compare_config", "check_sweep_flags", "cmd_report", "check_results",
 # one-cell flags of `compare` that a config replaces, with their parser defaults
 _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": None, "sensitivity": None,
              "rtol": None, "atol": None, "dt": None, "device": "cpu", "dtype": "float64", "repeats": 3,
-             "save_gradients": False}
+             "save_gradients": False, "batch_steps": None}
 
 
 def add_sweep_arguments(c) -> None:
