@@ -16,7 +16,7 @@ Run:  OMP_NUM_THREADS=1 .venv/bin/python comparisons/mali/memory.py     (about 5
       ... memory.py --only co_alf_mali,tdep_mali   re-runs some methods and merges them into results/memory.json
 
 A MALI cell whose backward raises (crossode's reconstruction check, ``reconstruction_error``) is recorded with that
-status; ``crossode ALF+MALI, reconstruction_rtol=1e-3`` re-runs it with the check relaxed so its memory at T = 64 is
+status; ``crossode ALF+MALI, reconstruction_rtol=0.1`` re-runs it with the check relaxed so its memory at T = 64 is
 still measured. Every MALI-like gradient is compared with crossode ALF+Checkpointed's (same ALF steps, but the step
 midpoints are stored, not reconstructed) to show how far reconstruction drift moved it.
 Writes results/memory.csv, results/memory.json, results/memory_vs_T.png.
@@ -43,7 +43,7 @@ SLOW_AT_64 = {"co_dopri5_backsolve", "co_dopri5_checkpointed"}
 METHODS = [
     # (key, label)
     ("co_alf_mali", "crossode ALF+MALI"),
-    ("co_alf_mali-r1e-3", "crossode ALF+MALI, reconstruction_rtol=1e-3"),
+    ("co_alf_mali-relaxed", "crossode ALF+MALI, reconstruction_rtol=0.1"),
     ("tdep_mali", "TorchDiffEqPack MALI (fixedstep_sym12async)"),
     ("co_alf_checkpointed", "crossode ALF+Checkpointed"),
     ("co_dopri5_backsolve", "crossode dopri5+Backsolve"),
@@ -84,7 +84,7 @@ def child(key: str, t1: float) -> dict:
         else:
             _, solver, grad = key.split("_")
             sol = co.ALF() if solver == "alf" else co.Dopri5()
-            sens = {"mali": co.MALI(), "mali-r1e-3": co.MALI(reconstruction_rtol=1e-3), "direct": co.Direct(),
+            sens = {"mali": co.MALI(), "mali-relaxed": co.MALI(reconstruction_rtol=0.1), "direct": co.Direct(),
                     "checkpointed": co.Checkpointed(), "backsolve": co.Backsolve()}[grad]
             st = co.Stats()
             ys = co_odeint(field, y0, torch.tensor([0.0, float(T)]), solver=sol, sensitivity=sens,
@@ -124,7 +124,7 @@ def plot(rows, path):
 
     style = {
         "co_alf_mali": ("tab:red", "o", "-", 2.6),
-        "co_alf_mali-r1e-3": ("darkred", "x", ":", 1.4),
+        "co_alf_mali-relaxed": ("darkred", "x", ":", 1.4),
         "tdep_mali": ("tab:orange", "s", "--", 1.6),
         "co_alf_checkpointed": ("tab:purple", "^", "-", 1.4),
         "co_dopri5_checkpointed": ("tab:brown", "v", "-", 1.4),
@@ -144,8 +144,9 @@ def plot(rows, path):
             if r["method"] == key and r["status"] not in ("ok", "skipped", "not_run"):
                 import re
 
-                m_d = re.search(r"drifted by ([0-9.eE+-]+)", r.get("message", ""))
-                why = f"reconstructed y0 drifted {m_d.group(1)} > 1e-6" if m_d else r.get("message", "")[:60]
+                m_d = re.search(r"drifted by ([0-9.eE+-]+).*= ([0-9.eE+-]+) for fixed", r.get("message", ""))
+                why = (f"reconstructed y0 drifted {m_d.group(1)} > limit {m_d.group(2)}" if m_d
+                       else r.get("message", "")[:60])
                 ax.plot([r["T"]], [ys[-1]], marker="X", color=c, ms=9, ls="none")
                 ax.annotate(f"{label}, T = {r['T']:g}: status '{r['status']}'\n({why}: "
                             f"raised, no silent gradient)", xy=(r["T"], ys[-1]), xytext=(0.50, 0.24),

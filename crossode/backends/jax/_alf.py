@@ -23,9 +23,10 @@ error norm ties with 1 at that level.
 - error estimate ``err = h (u - v)`` (carried velocity against the midpoint slope, ``O(h^2)``: ``q = 2``,
   exponent ``-1/2``), scale ``atol + rtol * max(|z|, |z'|)``, RMS over all elements, ``NaN`` if ``z'`` is not
   finite; accept when ``<= 1``;
-- next step ``|h| * clip(0.9 err^(-1/2), 1, 10)`` after an accepted step (10 if ``err == 0``; never shrinks, no
-  special rule after a rejection) and ``|h| * clip(0.9 err^(-1/2), 0.2, 0.9)`` after a rejected one (0.2 for a
-  non-finite estimate), ``h`` being the step actually attempted;
+- next step ``|h| * min(0.9 err^(-1/2), 10)`` after an accepted step (10 if ``err == 0``; it may shrink by up
+  to 0.9, as in TorchDiffEqPack: the never-shrink rule of the RK controllers feeds ALF's parasitic mode, see
+  PyTorch's ``ACCEPT_FACTOR_MIN``; no special rule after a rejection) and ``|h| * clip(0.9 err^(-1/2), 0.2,
+  0.9)`` after a rejected one (0.2 for a non-finite estimate), ``h`` being the step actually attempted;
 - steps are shortened to land exactly on every save time and on ``t1`` when the proposal reaches it (no
   interpolation, no uncontrolled final step); after an accepted shortened step the next proposal is
   ``max(controller proposal, proposal before shortening)``;
@@ -65,6 +66,7 @@ FAIL_CODES = {0: "ok", 1: "max_steps", 2: "step_size_too_small", 3: "diverged", 
 # Controller constants: identical to the PyTorch backend's ALF (crossode/backends/torch/_alf.py); the factor
 # rule is _control.propose (PyTorch's StepController: safety 0.9, factors [1, 10] / [0.2, 0.9]).
 ERROR_ORDER = 2  # q of err = h (u - v); exponent -1/q
+ACCEPT_FACTOR_MIN = 0.0  # an accepted step may shrink the next one (PyTorch's ALF, see its ACCEPT_FACTOR_MIN)
 MIN_STEP_REL = 1e-12
 MAX_CONSECUTIVE_REJECTIONS = 30
 PARASITIC_RATIO = 100.0
@@ -216,7 +218,7 @@ def alf_loop(f, cfg: ALFConfig, z0, v0, p, *, kind: str = "lax", checkpoints: in
             rho = jnp.where(u2 > 0, jnp.sqrt(d2 / jnp.where(u2 > 0, u2, 1.0)), jnp.where(d2 == 0, 0.0, jnp.inf))
             accept = en <= 1.0
             ah = jnp.abs(h)
-            h_new = propose(ah, en, accept, ERROR_ORDER)
+            h_new = propose(ah, en, accept, ERROR_ORDER, ACCEPT_FACTOR_MIN)
             # a step shortened to land on a stop says nothing against the proposal made before it
             h_new = jnp.where(accept & landing & (ah < s.h), jnp.maximum(h_new, s.h), h_new)
             h_next = jax.lax.stop_gradient(h_new)

@@ -112,6 +112,8 @@ from ..._sensitivity import (  # noqa: E402
     Checkpointed,
     Direct,
     Forward,
+    mali_reconstruction,
+    mali_reconstruction_failure,
 )
 from ..._solvers import (  # noqa: E402
     ALF,
@@ -134,7 +136,7 @@ from ..._solvers import (  # noqa: E402
 from ._alf import FAIL_CODES, ALFConfig, alf_loop  # noqa: E402
 from ._control import GridController, make_landing_controller  # noqa: E402
 from ._field import make_vector_field  # noqa: E402
-from ._mali import make_mali_solve  # noqa: E402
+from ._mali import PROBE_SIZE as MALI_PROBE_SIZE, make_mali_solve  # noqa: E402
 
 __all__ = ["DiffraxBackend", "initial_step", "default_checkpoints", "NFE_RULES"]
 
@@ -553,7 +555,7 @@ class _Prepared(Prepared):
                 return loss, (loss, info)
 
             def grad_fn(y0, p):
-                probe = jnp.zeros(2, y0.dtype)
+                probe = jnp.zeros(MALI_PROBE_SIZE, y0.dtype)
                 (loss, (_, info)), (dy0, dp, pr) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
                     y0, p, probe)
                 code, n_acc, n_rej = info[0], info[1], info[2]
@@ -715,14 +717,13 @@ class _Prepared(Prepared):
             self._fail(int(info[0]))
         if not np.all(np.isfinite(out[: s_info.start])):
             raise SolverFailure("diverged", "the loss or its gradient is non-finite")
-        if isinstance(self.sensitivity, MALI):
-            drift = float(out[s_info.stop])
-            if not drift <= self.sensitivity.reconstruction_rtol:
-                raise SolverFailure(
-                    "reconstruction_error",
-                    f"MALI: the reconstructed initial state drifted by {drift:.3g} (relative) > "
-                    f"reconstruction_rtol={self.sensitivity.reconstruction_rtol:g}",
-                )
+        if isinstance(self.sensitivity, MALI):  # the shared rule (crossode._sensitivity.mali_reconstruction)
+            n_acc = int(info[2])
+            self.mali_drift = mali_reconstruction(out[s_info.stop : s_info.stop + 6], n_acc,
+                                                  float(jnp.finfo(self.dtype).eps), self.step,
+                                                  self.sensitivity.reconstruction_rtol)
+            if not self.mali_drift[0] <= self.mali_drift[1]:
+                raise mali_reconstruction_failure(*self.mali_drift, n_acc, self.solver.eta)
         return GradientOutput(
             loss=float(out[0]),
             dparams=out[s_dp].copy(),

@@ -62,11 +62,12 @@ def scaled_rms(err, y0, y1, rtol, atol):
     return jnp.sqrt(jnp.mean(jnp.square(err / scale))) + 0.0 * jnp.sum(y1)
 
 
-def propose(h, norm, accept, q):
-    """The PyTorch ``StepController.propose`` factor rule: ``h * factor`` (``h`` a magnitude)."""
+def propose(h, norm, accept, q, accept_factor_min=1.0):
+    """The PyTorch ``StepController.propose`` factor rule: ``h * factor`` (``h`` a magnitude); ``accept_factor_min``
+    as there (1: an accepted step never shrinks the next; ALF passes 0)."""
     finite = jnp.isfinite(norm)
     raw = SAFETY * jnp.where(finite & (norm > 0), norm, 1.0) ** (-1.0 / q)
-    f_acc = jnp.where(norm == 0, FACTOR_MAX, jnp.clip(raw, 1.0, FACTOR_MAX))
+    f_acc = jnp.where(norm == 0, FACTOR_MAX, jnp.clip(raw, accept_factor_min, FACTOR_MAX))
     f_rej = jnp.where(finite, jnp.clip(raw, FACTOR_MIN, SAFETY), FACTOR_MIN)
     return h * jnp.where(accept, f_acc, f_rej)
 

@@ -12,10 +12,11 @@ step's chain rule, written out by hand as in the PyTorch backend (``crossode/bac
 evaluation + 1 VJP per step. The cotangent of each saved state is injected into the ``z``-adjoint when the sweep
 reaches its step. The gradient through ``v0 = f(t0, z0)`` is ordinary autodiff outside the custom VJP.
 
-Status reporting from inside a VJP: the custom VJP takes a dummy input ``probe`` (zeros, length 2) that does not
-affect the output; its "cotangent" carries ``[relative reconstruction drift, backward evaluations]`` to the host.
-The drift is ``||(z0_rec, v0_rec) - (z0, v0)|| / ||(z0, v0)||``; above ``MALI.reconstruction_rtol`` the backend
-raises status ``reconstruction_error``.
+Status reporting from inside a VJP: the custom VJP takes a dummy input ``probe`` (zeros, length
+:data:`PROBE_SIZE`) that does not affect the output; its "cotangent" carries to the host the six mean squares of
+``(z0_rec - z0, z0, z_N, v0_rec - v0, v0, v_N)`` and the backward evaluation count. The backend passes the mean
+squares to :func:`crossode._sensitivity.mali_reconstruction`, the rule the PyTorch backend uses too, and raises
+status ``reconstruction_error`` when the drift exceeds its limit.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import jax.numpy as jnp
 
 from ._alf import ALFConfig, alf_loop
 
-__all__ = ["make_mali_solve"]
+__all__ = ["make_mali_solve", "PROBE_SIZE"]
+
+PROBE_SIZE = 7  # six mean squares for the reconstruction test + backward evaluations
 
 
 def make_mali_solve(f, cfg: ALFConfig):
@@ -88,10 +91,8 @@ def make_mali_solve(f, cfg: ALFConfig):
             return k, zp, vp, az, av, ap + dp, j
 
         _, z0r, v0r, az, av, ap, _ = jax.lax.while_loop(cond, body, init)
-        ref = jnp.sqrt(jnp.sum(z0 * z0) + jnp.sum(v0 * v0))
-        diff = jnp.sqrt(jnp.sum((z0r - z0) ** 2) + jnp.sum((v0r - v0) ** 2))
-        drift = jnp.where(ref > 0, diff / jnp.where(ref > 0, ref, 1.0), diff)
-        probe_bar = jnp.stack([drift, 2.0 * n_acc.astype(dtype)])
+        means = [jnp.mean(jnp.square(x)) for x in (z0r - z0, z0, zN, v0r - v0, v0, vN)]
+        probe_bar = jnp.stack([*means, 2.0 * n_acc.astype(dtype)])
         return az, av, ap, probe_bar
 
     solve.defvjp(fwd, bwd)

@@ -7,8 +7,8 @@ than ``< 1`` and that a step shortened to land on a save time keeps the earlier,
 - error norm: ``RMS(err / (atol + rtol * max(|y|, |y_new|)))`` over all elements; a step is accepted when the
   norm is ``<= 1`` and rejected when it is larger or not finite;
 - next step: ``h * clip(safety * norm**(-1/q), ...)`` with ``q`` the order of the error estimate (embedded
-  order + 1) and ``safety = 0.9``; an accepted step never shrinks the next one (factor in ``[1, 10]``), a
-  rejected one always shrinks it (factor in ``[0.2, 0.9]``);
+  order + 1) and ``safety = 0.9``; an accepted step never shrinks the next one (factor in ``[1, 10]``; ALF lets
+  it shrink, see ``StepController``), a rejected one always shrinks it (factor in ``[0.2, 0.9]``);
 - step-size selection is never differentiated: everything here works on Python floats.
 
 Failures are raised as :class:`~crossode.SolverFailure`: ``max_steps`` when the step budget is spent,
@@ -105,6 +105,9 @@ class StepController:
     - ``rtol``, ``atol``: tolerances (kept for callers that build norms from the controller).
     - ``max_steps``: accepted + rejected attempts allowed.
     - ``safety``, ``factor_min``, ``factor_max``: as in the module docstring.
+    - ``accept_factor_min``: lower clip of the factor after an accepted step; ``1.0`` (default, Diffrax's rule):
+      an accepted step never shrinks the next one. ALF passes ``0.0`` (TorchDiffEqPack's and SciPy's rule: the
+      next step may shrink, by at most ``safety``, when the norm is close to 1; see ``_alf.py``).
     - ``pcoeff``, ``icoeff``: PI coefficients in Diffrax's convention
       (``factor = safety * norm**(-(icoeff+pcoeff)/q) * prev_norm**(pcoeff/q)``); the default is pure I control.
 
@@ -124,6 +127,7 @@ class StepController:
         factor_max: float = 10.0,
         pcoeff: float = 0.0,
         icoeff: float = 1.0,
+        accept_factor_min: float = 1.0,
     ):
         self.order = order
         self.rtol = rtol
@@ -134,6 +138,7 @@ class StepController:
         self.factor_max = factor_max
         self.pcoeff = pcoeff
         self.icoeff = icoeff
+        self.accept_factor_min = accept_factor_min
         self.accepted = 0
         self.rejected = 0
         self._prev_norm = 1.0
@@ -163,7 +168,7 @@ class StepController:
             if self.pcoeff:
                 factor *= self._prev_norm ** (self.pcoeff / q)
         if accept:
-            factor = min(max(factor, 1.0), self.factor_max)
+            factor = min(max(factor, self.accept_factor_min), self.factor_max)
             self.accepted += 1
             self._prev_norm = max(err_norm, 1e-10)
         else:

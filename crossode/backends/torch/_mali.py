@@ -7,11 +7,11 @@ pass walks the steps in reverse; per step it evaluates ``u = f(s + h/2, k)`` onc
 and for the step's VJP (:func:`~._alf.alf_step_vjp`): one evaluation + one VJP per step, one step's graph alive
 at a time. Cotangents of the saved outputs are added to the ``z``-adjoint when the sweep passes their time.
 
-After the sweep the reconstructed ``(z0, v0)`` is compared with the stored one. The drift
-``max(rms(z0_rec - z0) / max(rms(z0), rms(z1)), same for v)`` must stay below
-``max(sensitivity.reconstruction_rtol, n_steps * eps(dtype))`` (the second term is the round-off a neutral
-reversible map accumulates, which matters only in float32); otherwise the backward raises
-:class:`~crossode.SolverFailure` ``('reconstruction_error')``, which ``loss.backward()`` re-raises unchanged.
+After the sweep the reconstructed ``(z0, v0)`` is compared with the stored one by
+:func:`crossode._sensitivity.mali_reconstruction` (the rule the JAX backend uses too: drift relative to the start state,
+limit ``MALI.reconstruction_rtol`` or automatic from the dtype, the step count and ``rtol``); above the limit the
+backward raises :class:`~crossode.SolverFailure` ``('reconstruction_error')``, which ``loss.backward()``
+re-raises unchanged.
 This is what catches damped ALF (``eta < 1``, whose inverse amplifies errors by ``1/|1 - 2 eta|`` per step) and
 parasitic growth of undamped ALF on decaying modes.
 """
@@ -26,8 +26,9 @@ import torch
 
 from ..._errors import InvalidInputError
 from ..._record import SolverFailure, Stats
-from ..._sensitivity import MALI, Direct
-from ._alf import _add_stats, _Counter, _rms, _time, _vjp, _vjp_fast_ok, march
+from ..._sensitivity import MALI, Direct, mali_reconstruction, mali_reconstruction_failure
+from ._alf import _add_stats, _Counter, _time, _vjp, _vjp_fast_ok, march
+from ._solve import check_params_declared
 
 __all__ = ["solve", "mali_saved_summary"]
 
@@ -40,7 +41,7 @@ class _Config:
     eta: float
     step: object
     stats: Stats | None
-    reconstruction_rtol: float = 0.0
+    reconstruction_rtol: float | None = None
     f0: torch.Tensor | None = None  # f(t0, y0) = v0, detached, for dL/dt0
 
 
@@ -218,29 +219,22 @@ def _check_adjoint(a_z: torch.Tensor, a_v: torch.Tensor) -> None:
         raise SolverFailure("diverged", "ALF backward: the adjoint became non-finite.")
 
 
-def _drift(rec: torch.Tensor, ref: torch.Tensor, end: torch.Tensor) -> float:
-    denom = max(_rms(ref), _rms(end), torch.finfo(ref.dtype).tiny)
-    return _rms(rec - ref) / denom
+def _drift_mean_squares(z_rec, z0, z, v_rec, v0, v, a_z, a_v) -> list[float]:
+    """The six mean squares :func:`crossode._sensitivity.mali_reconstruction` needs, and :func:`_check_adjoint`.
 
-
-def _drift_and_check(z_rec, z0, z, v_rec, v0, v, a_z, a_v) -> float:
-    """``max(_drift(z_rec, z0, z), _drift(v_rec, v0, v))`` and :func:`_check_adjoint`, with one device sync.
-
-    The eight mean squares come from one stacked reduction (``_rms`` squares ``|x|``, i.e. ``x * x``; the means
-    are the same numbers on CPU). A finite mean square of an adjoint implies finite entries; only when one is not
-    finite does the exact ``isfinite`` check run.
+    ``(z_rec - z0, z0, z, v_rec - v0, v0, v)`` and the two adjoints, squared and averaged in one stacked
+    reduction (float64 on CPU: the same numbers as separate means). A finite mean square of an adjoint implies
+    finite entries; only when one is not finite does the exact ``isfinite`` check run.
     """
     with torch.no_grad():
         rows = (z_rec - z0, z0, z, v_rec - v0, v0, v, a_z, a_v)
-        if not all(r.shape == z0.shape and r.dtype == z0.dtype for r in rows):
-            _check_adjoint(a_z, a_v)
-            return max(_drift(z_rec, z0, z), _drift(v_rec, v0, v))
-        m = torch.stack(rows).square_().view(len(rows), -1).mean(1).tolist()
+        if all(r.shape == z0.shape and r.dtype == z0.dtype for r in rows):
+            m = torch.stack(rows).square_().view(len(rows), -1).mean(1).tolist()
+        else:
+            m = [float(torch.mean(torch.abs(r.double()) ** 2)) for r in rows]
     if not (math.isfinite(m[6]) and math.isfinite(m[7])):
         _check_adjoint(a_z, a_v)
-    tiny = torch.finfo(z0.dtype).tiny
-    r = [math.sqrt(x) for x in m[:6]]
-    return max(r[0] / max(r[1], r[2], tiny), r[3] / max(r[4], r[5], tiny))
+    return m[:6]
 
 
 # --------------------------------------------------------------------------------------------- Functions
@@ -262,6 +256,7 @@ class _MALIFunction(torch.autograd.Function):
         ctx.save_for_backward(z0, v0, traj.z, traj.v)
         # structural memory hook (see mali_saved_summary)
         ctx.saved_bytes = sum(x.numel() * x.element_size() for x in (z0, v0, traj.z, traj.v))
+        ctx.n_saved = 4
         return torch.stack(traj.saves)
 
     @staticmethod
@@ -274,16 +269,12 @@ class _MALIFunction(torch.autograd.Function):
         a_z, a_v, acc, z_rec, v_rec = _reverse_sweep(cfg, ctx.needs_input_grad[3:], grid, ctx.save_steps, g, z, v)
         if ctx.needs_input_grad[2]:  # autograd now backpropagates a_v through v0 = f(t0, z0): one VJP
             _add_stats(cfg.stats, bwd=1)
-        drift = _drift_and_check(z_rec, z0, z, v_rec, v0, v, a_z, a_v)
-        limit = max(cfg.reconstruction_rtol, n_steps * torch.finfo(z0.dtype).eps)
+        ms = _drift_mean_squares(z_rec, z0, z, v_rec, v0, v, a_z, a_v)
+        drift, limit, rule = mali_reconstruction(ms, n_steps, torch.finfo(z0.dtype).eps, cfg.step,
+                                                 cfg.reconstruction_rtol)
+        ctx.drift, ctx.drift_limit = drift, limit  # read by mali_saved_summary (after the backward pass)
         if not drift <= limit:
-            raise SolverFailure(
-                "reconstruction_error",
-                f"MALI: reconstructed initial state drifted by {drift:.3g} (RMS-relative) after {n_steps} inverse "
-                f"steps, above reconstruction_rtol={cfg.reconstruction_rtol:g} (eta={cfg.eta:g}); the gradient "
-                f"would be wrong. Undamped ALF is unstable on decaying modes and damped ALF (eta < 1) amplifies "
-                f"errors in reverse: use a shorter horizon, Direct() or Checkpointed().",
-            )
+            raise mali_reconstruction_failure(drift, limit, rule, n_steps, cfg.eta)
         return (None, a_z, a_v, *_param_grads(cfg.params, ctx.needs_input_grad[3:], acc))
 
 
@@ -330,7 +321,13 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
     if isinstance(sensitivity, MALI):
         cfg.reconstruction_rtol = sensitivity.reconstruction_rtol
 
-    z0 = _StartTime.apply(t, y0, cfg) if time_grad else y0
+    check = torch.is_grad_enabled() and not isinstance(sensitivity, Direct)
+    if time_grad:
+        z0 = _StartTime.apply(t, y0, cfg)
+    elif check and y0.requires_grad:
+        z0 = y0.view_as(y0)  # a node of its own: a closure over y0 itself is not mistaken for the state
+    else:
+        z0 = y0
     # v0 = f(t0, z0) with autograd on: the gradient reaching v0 flows through f into z0 and the params.
     v0 = func(_time(times[0], y0), z0)
     _add_stats(stats, fwd=1)
@@ -339,6 +336,8 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
             f"`func(t, y)` must return a tensor like `y0` (shape {tuple(y0.shape)}, {y0.dtype}); got "
             f"{getattr(v0, 'shape', type(v0).__name__)}, {getattr(v0, 'dtype', '')}."
         )
+    if check:  # MALI and Checkpointed differentiate w.r.t. y0 and params only: nothing else may need grad
+        check_params_declared(v0, params, sensitivity, stop_nodes=(z0.grad_fn,) if z0.grad_fn is not None else ())
     cfg.f0 = v0.detach()
     if needs_grad and v0.requires_grad and stats is not None and isinstance(sensitivity, Direct):
         v0 = _CountVJP.apply(v0, stats)  # MALI and Checkpointed count this VJP in their backward
@@ -362,9 +361,10 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
 def mali_saved_summary(ys: torch.Tensor) -> dict | None:
     """What the MALI Function behind ``ys`` (an :func:`odeint_alf` output) keeps for the backward pass.
 
-    Returns ``{'n_tensors', 'tensor_bytes', 'n_steps', 'grid_bytes'}`` (tensors saved with ``save_for_backward``
-    and the float64 step grid), or ``None`` if ``ys`` was not produced through MALI. A structural check that only
-    the grid grows with the number of steps.
+    Returns ``{'n_tensors', 'tensor_bytes', 'n_steps', 'grid_bytes', 'drift', 'drift_limit'}`` (tensors saved with
+    ``save_for_backward``, the float64 step grid, and the reconstruction test of
+    :func:`crossode._sensitivity.mali_reconstruction` once the backward pass has run, else ``None``), or ``None`` if
+    ``ys`` was not produced through MALI. A structural check that only the grid grows with the number of steps.
     """
     seen, stack = set(), [ys.grad_fn]
     while stack:
@@ -373,12 +373,13 @@ def mali_saved_summary(ys: torch.Tensor) -> dict | None:
             continue
         seen.add(node)
         if type(node).__name__ == "_MALIFunctionBackward":
-            saved = node.saved_tensors
-            return {
-                "n_tensors": len(saved),
-                "tensor_bytes": sum(x.numel() * x.element_size() for x in saved),
+            return {  # recorded by the forward: saved_tensors is freed once the backward has run
+                "n_tensors": node.n_saved,
+                "tensor_bytes": node.saved_bytes,
                 "n_steps": len(node.grid) - 1,
                 "grid_bytes": node.grid.nbytes,
+                "drift": getattr(node, "drift", None),
+                "drift_limit": getattr(node, "drift_limit", None),
             }
         stack.extend(nxt for nxt, _ in node.next_functions)
     return None

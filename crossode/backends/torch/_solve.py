@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
 
-from ..._errors import UnsupportedError
+from ..._errors import InvalidInputError, UnsupportedError
 from ..._record import Stats
 from ..._sensitivity import AbstractSensitivity, Backsolve, Checkpointed, Direct, Forward
 from ..._solvers import Adaptive, Fixed
 from ..._tableaux import ButcherTableau
 from ._rk import Field, integrate
 
-__all__ = ["SolveSpec", "solve", "add_stat", "grad_or_none"]
+__all__ = ["SolveSpec", "solve", "add_stat", "grad_or_none", "resolve_params", "check_params_declared"]
 
 
 @dataclasses.dataclass
@@ -56,6 +57,107 @@ def grad_or_none(outputs, inputs, grad_outputs, **kwargs) -> list:
         for i, g in zip(live, grads):
             res[i] = g
     return res
+
+
+# ------------------------------------------------------------------------------------ which tensors get gradients
+
+_FIND_DEPTH = 8  # nesting levels of partial arguments / containers searched for tensors and modules
+
+
+def _found_in(obj, out: list, depth: int) -> None:
+    if depth > _FIND_DEPTH:
+        return
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, torch.nn.Module):
+        out.extend(obj.parameters())
+    elif isinstance(obj, functools.partial):
+        _found_in(obj.func, out, depth + 1)
+        for a in (*obj.args, *obj.keywords.values()):
+            _found_in(a, out, depth + 1)
+    elif isinstance(getattr(obj, "__self__", None), torch.nn.Module) and callable(obj):  # bound method
+        out.extend(obj.__self__.parameters())
+    elif isinstance(obj, (list, tuple)):
+        for a in obj:
+            _found_in(a, out, depth + 1)
+    elif isinstance(obj, dict):
+        for a in obj.values():
+            _found_in(a, out, depth + 1)
+
+
+def resolve_params(func: Callable, params) -> tuple:
+    """The tensors besides ``y0`` that receive gradients: ``params`` as given, or found in ``func``.
+
+    Without ``params``: the parameters of an ``nn.Module`` ``func`` (or of the module behind a bound method),
+    and, for a ``functools.partial``, every tensor and ``nn.Module`` parameter among its arguments (also inside
+    lists, tuples, dicts and nested partials); only those that require grad, each once. Tensors an arbitrary
+    closure captures cannot be found: :func:`check_params_declared` reports them.
+    """
+    if params is not None:
+        if isinstance(params, torch.Tensor):
+            raise InvalidInputError("`params` must be a sequence of tensors (e.g. [W, b]), not a single tensor.")
+        try:
+            params = tuple(params)
+        except TypeError:
+            raise InvalidInputError(f"`params` must be a sequence of tensors; got {type(params).__name__}.") from None
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise InvalidInputError(
+                    f"`params` must be a sequence of tensors; params[{i}] is {type(p).__name__}."
+                )
+        return params
+    found: list = []
+    _found_in(func, found, 0)
+    seen, out = set(), []
+    for p in found:
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return tuple(out)
+
+
+def _undeclared(out: torch.Tensor, declared, stop_nodes=()) -> list:
+    """Tensors that require grad, reach ``out``'s autograd graph and are not ``declared``.
+
+    Walks ``grad_fn.next_functions`` from ``out``, not past the nodes of the declared tensors (a leaf's
+    ``AccumulateGrad``, a non-leaf's ``grad_fn``) or ``stop_nodes``; every other leaf reached is undeclared.
+    """
+    leaves = {id(p) for p in declared if p.grad_fn is None}
+    stops = {id(p.grad_fn) for p in declared if p.grad_fn is not None} | {id(n) for n in stop_nodes}
+    found, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen or id(node) in stops:
+            continue
+        seen.add(id(node))
+        var = getattr(node, "variable", None)  # AccumulateGrad: a leaf tensor
+        if isinstance(var, torch.Tensor):
+            if id(var) not in leaves:
+                found.append(var)
+            continue
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return found
+
+
+def check_params_declared(out, declared, sensitivity, stop_nodes=()) -> None:
+    """Raise :class:`InvalidInputError` if ``out`` (an evaluation of ``func``) depends on a tensor that requires
+    grad but is neither in ``declared`` (``params``) nor behind ``stop_nodes`` (the state's own node).
+
+    Every sensitivity except Direct differentiates only w.r.t. ``y0`` and ``params``; without this check a tensor
+    captured by a closure would get no gradient (or, through ALF's ``v0``, a wrong one) and nobody would know.
+    """
+    if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+        return
+    missing = _undeclared(out, declared, stop_nodes)
+    if missing:
+        shapes = ", ".join(str(tuple(m.shape)) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        n = len(missing)
+        raise InvalidInputError(
+            f"`func` uses {n} tensor{'s' if n > 1 else ''} that require{'' if n > 1 else 's'} grad but "
+            f"{'are' if n > 1 else 'is'} not in `params` (shape{'s' if n > 1 else ''} {shapes}): "
+            f"sensitivity={type(sensitivity).__name__}() differentiates only w.r.t. `y0` and `params`; pass them "
+            f"as params=[...], make func an nn.Module (or a functools.partial) holding them, or use Direct()."
+        )
 
 
 def solve(spec: SolveSpec, y0: torch.Tensor, sensitivity: AbstractSensitivity) -> torch.Tensor:

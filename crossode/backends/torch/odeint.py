@@ -3,7 +3,7 @@
 Conventions (torchdiffeq's): ``t[0]`` is the start time, ``t[-1]`` the end time, and the output holds the
 solution at *every* ``t`` including ``y(t[0]) = y0``, shape ``(len(t), *y0.shape)``. A batched ``y0`` of shape
 ``(B, n)`` is integrated as one system (one step sequence, error norm over the whole batch), as in
-torchdiffeq. Gradients flow to ``y0`` and to the parameters; not to ``t``.
+torchdiffeq. Gradients flow to ``y0`` and to the parameters (see ``params`` in :func:`odeint`); not to ``t``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..._sensitivity import (
 )
 from ..._solvers import ALF, AbstractSolver, AbstractStepControl, Adaptive, Dopri5, Fixed
 from ..._tableaux import TABLEAUX
-from ._solve import SolveSpec, solve
+from ._solve import SolveSpec, add_stat, check_params_declared, resolve_params, solve
 
 __all__ = ["odeint"]
 
@@ -101,9 +101,15 @@ def odeint(
       (recompute steps backwards; same gradient as Direct), :class:`~crossode.Backsolve` (continuous adjoint),
       :class:`~crossode.Forward` (forward sensitivities; small systems), or :class:`~crossode.MALI` with ALF.
     - ``step``: :class:`~crossode.Adaptive` or :class:`~crossode.Fixed` (steps on :func:`crossode.fixed_grid`).
-    - ``params``: the tensors that receive gradients; default ``func.parameters()`` for an ``nn.Module``, else
-      none. Direct differentiates through anything ``func`` closes over; the other methods only w.r.t.
-      ``y0`` and ``params``.
+    - ``params``: the tensors besides ``y0`` that receive gradients. Default: ``func.parameters()`` for an
+      ``nn.Module`` (or a bound method of one), and for a ``functools.partial`` every tensor and module
+      parameter among its arguments; an explicit list replaces the default (torchdiffeq's ``adjoint_params``).
+      ``Direct`` differentiates through anything ``func`` uses. Every other sensitivity differentiates only
+      w.r.t. ``y0`` and ``params``, so before solving it evaluates ``func`` once at ``(t[0], y0)`` with a graph
+      (ALF reuses its ``v0 = func(t[0], y0)``; RK methods count one extra forward evaluation) and raises
+      :class:`~crossode.InvalidInputError` if that graph reaches a tensor that requires grad and is not
+      declared (e.g. one captured by a lambda): the gradient is either right for every such tensor or refused,
+      never missing. Tensors that do not require grad need no declaration; ``y0`` need not require grad.
     - ``stats``: a :class:`~crossode.Stats` to fill (counts are added): forward counts on return,
       ``nfe_backward`` once the backward pass has run.
 
@@ -128,14 +134,15 @@ def odeint(
             t = torch.tensor([float(x) for x in t], dtype=torch.float64, device=y0.device)
         return odeint_alf(func, y0, t, params=params, solver=solver, sensitivity=sensitivity, step=step, stats=stats)
     ts = _times(t)
-    if params is None:
-        params = tuple(p for p in func.parameters() if p.requires_grad) if isinstance(func, torch.nn.Module) else ()
-    else:
-        params = tuple(params)
-        if not all(isinstance(p, torch.Tensor) for p in params):
-            raise InvalidInputError("`params` must be a sequence of tensors.")
+    params = resolve_params(func, params)
     reason = check_config(solver, sensitivity, step)
     if reason is not None:
         raise UnsupportedError(reason)
     spec = SolveSpec(func, TABLEAUX[type(solver)], step, ts[0], ts[-1], ts, params, stats)
+    if torch.is_grad_enabled() and not isinstance(sensitivity, Direct):
+        # One evaluation with a graph at (t0, y0): does func use a tensor needing grad that is not in params?
+        field = spec.field(y0.device)
+        with torch.enable_grad():
+            check_params_declared(field(ts[0], y0.detach()), params, sensitivity)
+        add_stat(stats, "nfe_forward", field.nfe)
     return solve(spec, y0, sensitivity)

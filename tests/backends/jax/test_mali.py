@@ -91,3 +91,63 @@ def test_damped_alf_reconstruction_drift_is_reported():
     with pytest.raises(SolverFailure) as e:
         prepared.gradient()
     assert e.value.status in ("reconstruction_error", "diverged")
+
+
+def _scalar_growth():
+    """SciMLSensitivity's scalar test problem (test/Core2/scalar_u.jl): u' = p u, p = 2, over [0, 10], saved only at
+    100 times in [0, 0.1], so u grows by e^20 = 5e8 after the last save. ALF's reverse amplifies round-off by about
+    that factor relative to u0."""
+    from crossode._problem import Problem
+    from crossode._rhs import SymbolicRHS
+
+    return Problem(SymbolicRHS(["u"], ["p"], ["p*u"]), y0=[0.5], params={"p": 2.0}, tspan=(0.0, 10.0),
+                   saveat=np.linspace(0.0, 0.1, 100), name="scalar_u")
+
+
+def _drift_of(failure) -> float:
+    import re
+
+    return float(re.search(r"drifted by (\S+) ", failure.message).group(1))
+
+
+@pytest.mark.torch
+def test_torch_and_jax_share_one_reconstruction_rule():
+    """Before: JAX scaled the drift by |(z0, v0)| (drift 7.0: reconstruction_error), torch by the larger of the start
+    and end states (1.6e-8: ok, with dparams 5e-4 off the exact ALF gradient). Now both apply
+    crossode._sensitivity.mali_reconstruction: the same verdict, drifts of the same size (each is that backend's
+    round-off, amplified 5e8 times by the reverse sweep, so they agree in magnitude, not in digits)."""
+    pytest.importorskip("torch")
+    import crossode as co
+
+    problem, step = _scalar_growth(), Fixed(dt=0.01)
+    failures = {}
+    for name, backend in (("torch", "torch"), ("jax", B)):
+        with pytest.raises(SolverFailure) as e:
+            co.gradient(problem, backend, ALF(), MALI(), step)
+        assert e.value.status == "reconstruction_error" and "relative to the start state" in e.value.message
+        failures[name] = _drift_of(e.value)
+    assert 1e-3 < failures["torch"] / failures["jax"] < 1e3 and min(failures.values()) > 1e-3
+    # what the verdict prevents: with the check relaxed, both return dparams far from the exact ALF gradient
+    for backend in ("torch", B):
+        m = co.gradient(problem, backend, ALF(), MALI(reconstruction_rtol=1e3), step)
+        d = co.gradient(problem, backend, ALF(), Direct(), step)
+        assert rel(m.dparams, d.dparams) > 1e-5
+
+
+@pytest.mark.torch
+def test_accepted_steps_may_shrink_the_next_one_same_steps_as_torch():
+    """The ALF controller change (an accepted step may shrink the next, as in TorchDiffEqPack) in both backends:
+    cubic spiral over [0, 5], rtol 1e-4: 32448 accepted steps with the never-shrink rule, ~1300 now, step for step
+    the same in JAX and PyTorch, and the gradient agrees with the reference."""
+    pytest.importorskip("torch")
+    import crossode as co
+
+    problem = get_problem("cubic_spiral", t1=5.0, n_save=2)
+    step = Adaptive(rtol=1e-4, atol=1e-6)
+    gj = B.prepare(problem, ALF(), MALI(), step).gradient()
+    gt = co.gradient(problem, "torch", ALF(), MALI(), step)
+    assert gj.stats.steps_accepted < 2000
+    assert (gj.stats.steps_accepted, gj.stats.steps_rejected) == (gt.stats.steps_accepted, gt.stats.steps_rejected)
+    ref = reference(problem)
+    assert rel(np.r_[gj.dparams, gj.dy0], ref.grad) < 1e-2
+    assert rel(np.r_[gj.dparams, gj.dy0], np.r_[gt.dparams, gt.dy0]) < 1e-9

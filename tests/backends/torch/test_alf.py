@@ -194,3 +194,24 @@ def test_eta_below_one_forward_is_stable_on_decay2():
                         sensitivity=Direct(), step=Adaptive(rtol=1e-3, atol=1e-3))
     ref = exact_linear(DECAY2, y0, [0.0, 5.0])[-1]
     assert np.abs(ys[-1].numpy() - ref).max() < 5e-2  # first order: error does not follow rtol
+
+
+def test_accepted_steps_may_shrink_the_next_one():
+    """ALF's controller lets an accepted step shrink the next one (TorchDiffEqPack's rule), RK's does not (Diffrax's).
+
+    Holding h until a rejection and then cutting it feeds ALF's parasitic mode, which then limits the step: on the
+    cubic spiral over [0, 5] (rtol 1e-4) the never-shrink rule took 32448 accepted steps, this one 1310, with the
+    final state within 1e-3 of the reference either way."""
+    from scipy.integrate import solve_ivp
+
+    ctrl = _alf.StepController(2, 1e-3, 1e-3, 10, accept_factor_min=_alf.ACCEPT_FACTOR_MIN)
+    assert ctrl.propose(1.0, 0.95) == (True, pytest.approx(0.9 / 0.95**0.5))
+    assert _alf.StepController(2, 1e-3, 1e-3, 10).propose(1.0, 0.95) == (True, 1.0)  # RK: never shrinks
+    A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=F64)
+    stats = Stats()
+    with torch.no_grad():
+        ys = odeint_alf(lambda t, y: y**3 @ A, torch.tensor([2.0, 0.0], dtype=F64), torch.tensor([0.0, 5.0], dtype=F64),
+                        solver=ALF(), sensitivity=Direct(), step=Adaptive(rtol=1e-4, atol=1e-6), stats=stats)
+    ref = solve_ivp(lambda t, y: y**3 @ A.numpy(), (0.0, 5.0), [2.0, 0.0], method="DOP853", rtol=1e-13, atol=1e-14)
+    assert stats.steps_accepted < 2000
+    assert np.linalg.norm(ys[-1].numpy() - ref.y[:, -1]) < 2e-3 * np.linalg.norm(ref.y[:, -1])

@@ -252,3 +252,58 @@ def test_decay2_gradient_never_silently_returned():
                         sensitivity=MALI(), step=Adaptive(rtol=1e-3, atol=1e-3))
         ys[-1].sum().backward()
     assert info.value.status in ("step_size_too_small", "max_steps", "reconstruction_error")
+
+
+# ------------------------------------------------------------------------------- the reconstruction limit
+
+
+def _neural_ode(dtype, batch=256):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(),
+                              torch.nn.Linear(128, 32)).to(dtype)
+    y0 = torch.randn(batch, 32, generator=torch.Generator().manual_seed(1), dtype=F64).to(dtype).requires_grad_()
+    target = torch.randn(batch, 32, generator=torch.Generator().manual_seed(2), dtype=F64).to(dtype)
+    return net, y0, target
+
+
+def test_float32_mali_default_settings_neural_ode():
+    """Issue 15: a realistic float32 neural ODE (batch 256, state 32, MLP 32-128-128-32 tanh, rtol 1e-3) trains with
+    the default MALI(). The old fixed limit max(1e-6, n * eps32) rejected it: drift 1.2e-6 after 8 steps, while the
+    gradient matches float64 to 1e-7. The automatic limit (dtype, steps, rtol) is sqrt(eps32) = 3.5e-4 here."""
+    grads, drifts = {}, {}
+    for dtype in (torch.float32, F64):
+        net, y0, target = _neural_ode(dtype)
+        params = tuple(net.parameters())
+        ys = odeint_alf(lambda t, y: net(y), y0, torch.tensor([0.0, 1.0], dtype=F64), params=params, solver=ALF(),
+                        sensitivity=MALI(), step=Adaptive(rtol=1e-3, atol=1e-4))
+        loss = ((ys[-1] - target) ** 2).mean()
+        grads[dtype] = torch.cat([g.double().ravel() for g in torch.autograd.grad(loss, (y0, *params))])
+        summary = mali_saved_summary(ys)
+        drifts[dtype] = summary["drift"]
+        assert summary["drift"] <= summary["drift_limit"]
+    assert rel(grads[torch.float32], grads[F64]) < 1e-3
+    assert drifts[F64] < 1e-12 < drifts[torch.float32] < 1e-4  # float32 round-off, far from an amplified drift
+
+
+def test_dissipative_long_horizon_still_fails_and_would_be_wrong():
+    """tanh(y A^T) with the zoo's stable 10x10 A (Re lambda ~ -0.5): undamped ALF's reverse amplifies round-off
+    like exp(|Re lambda| t). The default limit rejects the T = 40 gradient, which is 1e8 times less exact than MALI
+    normally is (against Checkpointed: the same ALF steps without reconstruction; the T = 64 case of
+    ``comparisons/mali`` is 38x off); relaxing the limit shows what it prevented."""
+    A0 = rand10()
+    y0 = torch.randn(2, 10, generator=torch.Generator().manual_seed(0), dtype=F64).requires_grad_()
+    t = torch.tensor([0.0, 40.0], dtype=F64)
+
+    def grad(sensitivity):
+        A = A0.clone().requires_grad_()
+        ys = odeint_alf(lambda s, y: torch.tanh(y @ A.T), y0, t, params=(A,), solver=ALF(), sensitivity=sensitivity,
+                        step=Fixed(0.02))
+        return ys, torch.autograd.grad(ys[-1].sum(), (A,))[0]
+
+    with pytest.raises(SolverFailure, match=r"reconstruction_rtol=\.\.\.") as info:
+        grad(MALI())
+    assert info.value.status == "reconstruction_error"
+    _, g_ref = grad(Checkpointed())
+    ys, g = grad(MALI(reconstruction_rtol=1e3))
+    # measured: drift 2.4e-6, gradient 1.6e-3 off, where MALI otherwise equals Checkpointed to ~1e-12
+    assert mali_saved_summary(ys)["drift"] > 1e-6 and rel(g, g_ref) > 1e-4
