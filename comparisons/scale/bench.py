@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     timeout = args.timeout or {"quick": 240.0, "gpu": 150.0}.get(preset, 900.0)
     settings = {"quick": dict(budget_s=2.0, min_rounds=2, max_rounds=3, round_s=0.05, memory_timeout=60.0),
                 "gpu": dict(budget_s=6.0, min_rounds=3, max_rounds=10, round_s=0.1, memory_timeout=60.0),
-                }.get(preset, dict(budget_s=20.0, min_rounds=3, max_rounds=10, round_s=0.25, memory_timeout=300.0))
+                }.get(preset, dict(budget_s=8.0, min_rounds=3, max_rounds=10, round_s=0.25, memory_timeout=300.0))
     dev_arg = "cuda" if device == "cuda" else "cpu"
 
     t_start = time.perf_counter()
@@ -387,16 +387,15 @@ def main(argv=None) -> int:
     _say(f"scale benchmark: {len(cells)} timing cells, {len(mcells)} memory cells, frameworks {', '.join(live)}, "
          f"device {device}; references ready in {time.perf_counter() - t_start:.0f} s")
     rows = []
-    for i, c in enumerate(cells):
-        _say(f"[{i + 1}/{len(cells)}] {c['id']} (scans: {', '.join(c['scans'])})")
-        for fw in live:
-            res, err = _spawn(["--child", "time", "--framework", fw, "--cell", json.dumps(c), "--device", dev_arg,
-                               "--settings", json.dumps(settings)], timeout)
-            res = res if res is not None else _blank_rows(c, fw, device, "timeout" if "timeout" in err
-                                                          else "crashed", err)
-            _progress(res)
-            rows += res
-    for c in mcells:
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "results.partial.json"
+
+    def keep(res):  # every finished cell is on disk at once (a run cut short keeps what it measured)
+        _progress(res)
+        rows.extend(res)
+        partial.write_text(json.dumps({"environment": environment, "preset": preset, "rows": rows}, default=float))
+
+    for c in mcells:  # the memory target first: it is the costliest cell and the one the issue names
         _say(f"[memory] {c['id']}")
         if "torch" in live:
             # CPU: peak RSS of each contender in a forked child; CUDA: the allocator's peak after one timing round
@@ -404,17 +403,19 @@ def main(argv=None) -> int:
                      max_rounds=1)
             res, err = _spawn(["--child", "time", "--framework", "torch", "--cell", json.dumps(c), "--device",
                                dev_arg, "--settings", json.dumps(s)], timeout)
-            res = res if res is not None else _blank_rows(c, "torch", device, "crashed", err, memory=True)
-            _progress(res)
-            rows += res
+            keep(res if res is not None else _blank_rows(c, "torch", device, "crashed", err, memory=True))
         if "jax" in live and device == "cpu":  # a fresh process per contender (XLA cannot be forked)
             for s in contenders("jax", memory=True):
                 res, err = _spawn(["--child", "jaxmem", "--framework", "jax", "--cell", json.dumps(c), "--device",
                                    dev_arg, "--key", s[0]], timeout)
-                if res is None:
-                    res = [dict(_row(c, "jax", s, device), status="crashed", message=err)]
-                _progress(res)
-                rows += res
+                keep(res if res is not None else [dict(_row(c, "jax", s, device), status="crashed", message=err)])
+    for i, c in enumerate(cells):
+        _say(f"[{i + 1}/{len(cells)}] {c['id']} (scans: {', '.join(c['scans'])}), {time.perf_counter() - t_start:.0f} s")
+        for fw in live:
+            res, err = _spawn(["--child", "time", "--framework", fw, "--cell", json.dumps(c), "--device", dev_arg,
+                               "--settings", json.dumps(settings)], timeout)
+            keep(res if res is not None else _blank_rows(c, fw, device, "timeout" if "timeout" in err
+                                                         else "crashed", err))
     for r in rows:
         r["reference_s"] = refs.get(r["cell"], {}).get("seconds")
     wall = time.perf_counter() - t_start
@@ -427,8 +428,8 @@ def main(argv=None) -> int:
             "references": refs, "rows": rows, "wall_s": wall}
     from _report import write_report
 
-    out.mkdir(parents=True, exist_ok=True)
     write_report(data, out)
+    partial.unlink(missing_ok=True)
     _say(f"scale benchmark: {len(rows)} rows in {wall:.0f} s -> {out}")
     return 0 if any(r["status"] in ("ok", "inaccurate") for r in rows) else 1
 
