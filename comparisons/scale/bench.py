@@ -337,8 +337,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-memory-cell", action="store_true", help="skip the memory-target cells")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per child process")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="start no new cell after this many minutes (the rest are rows with status 'skipped')")
     ap.add_argument("--report", metavar="DIR", help="only redraw tables and figures from DIR/results.json")
     args = ap.parse_args(argv)
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        ap.error(f"--max-minutes must be a positive number; got {args.max_minutes:g}")
+    if args.timeout is not None and not args.timeout > 0:
+        ap.error(f"--timeout must be a positive number of seconds; got {args.timeout:g}")
     if args.report:
         from _report import write_report
 
@@ -390,6 +396,16 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "results.partial.json"
 
+    limit_s = None if args.max_minutes is None else 60.0 * args.max_minutes
+
+    def late(c, fws) -> bool:  # past --max-minutes: the cell's rows say so instead of running
+        if limit_s is None or time.perf_counter() - t_start < limit_s:
+            return False
+        for fw in fws:
+            keep(_blank_rows(c, fw, device, "skipped", f"--max-minutes {args.max_minutes:g} reached",
+                             memory="memory_T" in c["scans"]))
+        return True
+
     def keep(res):  # every finished cell is on disk at once (a run cut short keeps what it measured)
         _progress(res)
         rows.extend(res)
@@ -397,6 +413,8 @@ def main(argv=None) -> int:
 
     for c in mcells:  # the memory target first: it is the costliest cell and the one the issue names
         _say(f"[memory] {c['id']}")
+        if late(c, live):
+            continue
         if "torch" in live:
             # CPU: peak RSS of each contender in a forked child; CUDA: the allocator's peak after one timing round
             s = dict(settings, memory_cell=True, memory_only=device == "cpu", budget_s=0.0, min_rounds=1,
@@ -404,6 +422,11 @@ def main(argv=None) -> int:
             res, err = _spawn(["--child", "time", "--framework", "torch", "--cell", json.dumps(c), "--device",
                                dev_arg, "--settings", json.dumps(s)], timeout)
             keep(res if res is not None else _blank_rows(c, "torch", device, "crashed", err, memory=True))
+        if "jax" in live and device != "cpu":  # GPU: the compiled programs' XLA temporary buffers
+            s = dict(settings, memory_cell=True, budget_s=0.0, min_rounds=1, max_rounds=1)
+            res, err = _spawn(["--child", "time", "--framework", "jax", "--cell", json.dumps(c), "--device",
+                               dev_arg, "--settings", json.dumps(s)], timeout)
+            keep(res if res is not None else _blank_rows(c, "jax", device, "crashed", err, memory=True))
         if "jax" in live and device == "cpu":  # a fresh process per contender (XLA cannot be forked)
             for s in contenders("jax", memory=True):
                 res, err = _spawn(["--child", "jaxmem", "--framework", "jax", "--cell", json.dumps(c), "--device",
@@ -411,6 +434,8 @@ def main(argv=None) -> int:
                 keep(res if res is not None else [dict(_row(c, "jax", s, device), status="crashed", message=err)])
     for i, c in enumerate(cells):
         _say(f"[{i + 1}/{len(cells)}] {c['id']} (scans: {', '.join(c['scans'])}), {time.perf_counter() - t_start:.0f} s")
+        if late(c, live):
+            continue
         for fw in live:
             res, err = _spawn(["--child", "time", "--framework", fw, "--cell", json.dumps(c), "--device", dev_arg,
                                "--settings", json.dumps(settings)], timeout)
