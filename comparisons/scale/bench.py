@@ -296,7 +296,8 @@ def _progress(rows: list[dict]) -> None:
 
 def _environment(device: str) -> dict:
     env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "device": device}
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
+           "device": device}
     try:
         with open("/proc/cpuinfo") as fh:
             env["cpu"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
@@ -339,12 +340,16 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per child process")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no new cell after this many minutes (the rest are rows with status 'skipped')")
+    ap.add_argument("--cells", help="comma list of cell ids of the preset to run (default: all; see results.md)")
+    ap.add_argument("--budget-s", type=float, help="timing seconds per cell and framework (default: the preset's)")
     ap.add_argument("--report", metavar="DIR", help="only redraw tables and figures from DIR/results.json")
     args = ap.parse_args(argv)
     if args.max_minutes is not None and not args.max_minutes > 0:
         ap.error(f"--max-minutes must be a positive number; got {args.max_minutes:g}")
     if args.timeout is not None and not args.timeout > 0:
         ap.error(f"--timeout must be a positive number of seconds; got {args.timeout:g}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        ap.error(f"--budget-s must be a positive number of seconds; got {args.budget_s:g}")
     if args.report:
         from _report import write_report
 
@@ -366,6 +371,19 @@ def main(argv=None) -> int:
                 "gpu": dict(budget_s=6.0, min_rounds=3, max_rounds=10, round_s=0.1, memory_timeout=60.0),
                 }.get(preset, dict(budget_s=8.0, min_rounds=3, max_rounds=10, round_s=0.25, memory_timeout=300.0))
     dev_arg = "cuda" if device == "cuda" else "cpu"
+    if args.budget_s is not None:
+        settings.update(budget_s=args.budget_s, max_rounds=max(settings["max_rounds"], 30))
+    cells = scan_cells(preset, dtypes)
+    mcells = [] if args.no_memory_cell else memory_cells(preset)
+    if args.cells:
+        want = [c.strip() for c in args.cells.split(",") if c.strip()]
+        known = {c["id"] for c in cells + mcells}
+        unknown = [c for c in want if c not in known]
+        if unknown:
+            ap.error(f"--cells: unknown cell id(s) {', '.join(unknown)}; the {preset} preset has "
+                     f"{', '.join(sorted(known))}")
+        cells = [c for c in cells if c["id"] in want]
+        mcells = [c for c in mcells if c["id"] in want]
 
     t_start = time.perf_counter()
     skipped = {}
@@ -381,8 +399,6 @@ def main(argv=None) -> int:
         return 1
     environment = _environment(device)
     environment["versions"] = {fw: _versions(fw, device) for fw in live}
-    cells = scan_cells(preset, dtypes)
-    mcells = [] if args.no_memory_cell else memory_cells(preset)
     import crossode as co
 
     refs = {}
