@@ -3,6 +3,7 @@
 ``import crossode`` imports no framework: torch, jax and juliacall are loaded by their backends on first use.
 """
 
+from ._cnf import CNFRHS as CNFRHS
 from ._errors import (
     BackendUnavailableError as BackendUnavailableError,
     CrossODEError as CrossODEError,

@@ -16,39 +16,50 @@ and code generation overflow the interpreter stack). Error messages quote at mos
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import math
 
-import sympy
+from typing import TYPE_CHECKING
 
 from ._errors import InvalidInputError, UnsafeExpressionError
 from ._limits import (MAX_EXPRESSION_CHARS, MAX_EXPRESSION_DEPTH, MAX_INTEGER_DIGITS, MAX_SYNTAX_DEPTH, power_digits,
                       snip)
 
+if TYPE_CHECKING:  # SymPy is imported when an expression is parsed, not by `import crossode`
+    import sympy
+
 __all__ = ["FUNCTIONS", "CONSTANTS", "RESERVED", "parse_expression", "check_name"]
 
-FUNCTIONS: dict[str, object] = {
-    "sin": sympy.sin,
-    "cos": sympy.cos,
-    "tan": sympy.tan,
-    "asin": sympy.asin,
-    "acos": sympy.acos,
-    "atan": sympy.atan,
-    "sinh": sympy.sinh,
-    "cosh": sympy.cosh,
-    "tanh": sympy.tanh,
-    "exp": sympy.exp,
-    "log": sympy.log,
-    "sqrt": sympy.sqrt,
-    "abs": sympy.Abs,
-}
-"""Functions an expression string may call (one positional argument each)."""
+_FUNCTION_NAMES = {"sin": "sin", "cos": "cos", "tan": "tan", "asin": "asin", "acos": "acos", "atan": "atan",
+                   "sinh": "sinh", "cosh": "cosh", "tanh": "tanh", "exp": "exp", "log": "log", "sqrt": "sqrt",
+                   "abs": "Abs"}
+"""Functions an expression string may call (one positional argument each) -> the SymPy function's name."""
 
-CONSTANTS: dict[str, sympy.Expr] = {"pi": sympy.pi, "E": sympy.E}
-"""Named constants an expression string may use."""
+_CONSTANT_NAMES = {"pi": "pi", "E": "E"}
+"""Named constants an expression string may use -> the SymPy constant's name."""
 
-RESERVED = frozenset(FUNCTIONS) | frozenset(CONSTANTS) | {"t"}
+RESERVED = frozenset(_FUNCTION_NAMES) | frozenset(_CONSTANT_NAMES) | {"t"}
 """Names that states and parameters may not use (``t`` is the time variable)."""
+
+
+@functools.cache
+def _tables() -> tuple[dict, dict]:
+    """(name -> SymPy function, name -> SymPy constant), built on first use."""
+    import sympy
+
+    return ({k: getattr(sympy, v) for k, v in _FUNCTION_NAMES.items()},
+            {k: getattr(sympy, v) for k, v in _CONSTANT_NAMES.items()})
+
+
+def __getattr__(name: str):
+    """``FUNCTIONS`` (name -> SymPy function) and ``CONSTANTS`` (name -> SymPy constant), built on first access."""
+    if name == "FUNCTIONS":
+        return _tables()[0]
+    if name == "CONSTANTS":
+        return _tables()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 MAX_LENGTH = MAX_EXPRESSION_CHARS
 MAX_DEPTH = MAX_SYNTAX_DEPTH
@@ -73,6 +84,8 @@ def parse_expression(text: str, symbols: dict[str, sympy.Symbol], *, where: str 
 
     Raises :class:`UnsafeExpressionError` naming ``where`` and the offending construct.
     """
+    import sympy
+
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return sympy.Float(text) if isinstance(text, float) else sympy.Integer(text)
     if not isinstance(text, str):
@@ -109,6 +122,8 @@ def check_depth(expr: sympy.Basic, where: str = "rhs") -> None:
 
 def _number(where: str, value):
     """Refuse an exact number with more than ``MAX_INTEGER_DIGITS`` digits and a non-finite float."""
+    import sympy
+
     if isinstance(value, sympy.Rational):
         digits = power_digits(value.p, value.q, 1)
         if digits > MAX_INTEGER_DIGITS:
@@ -123,6 +138,8 @@ def _number(where: str, value):
 
 def _power(where: str, a, b):
     """``a**b``, refusing a constant power whose exact value would be too large to compute (``10**10**10``)."""
+    import sympy
+
     if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
         digits = power_digits(a.p, a.q, b)
         if digits > MAX_INTEGER_DIGITS:
@@ -136,12 +153,15 @@ def _power(where: str, a, b):
 def _reject(where: str, text: str, what: str) -> UnsafeExpressionError:
     allowed = (
         "numbers, declared states/parameters, t, pi, E, + - * / **, and calls of "
-        + ", ".join(sorted(FUNCTIONS))
+        + ", ".join(sorted(_FUNCTION_NAMES))
     )
     return UnsafeExpressionError(f"`{where}` uses {what}, which is not allowed in {snip(text)}. Allowed: {allowed}.")
 
 
 def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> sympy.Expr:
+    import sympy
+
+    functions, constants = _tables()
     if depth > MAX_DEPTH:
         raise UnsafeExpressionError(f"`{where}` is nested more than {MAX_DEPTH} levels deep.")
     if isinstance(node, ast.Constant):
@@ -154,9 +174,9 @@ def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> s
     if isinstance(node, ast.Name):
         if node.id in symbols:
             return symbols[node.id]
-        if node.id in CONSTANTS:
-            return CONSTANTS[node.id]
-        if node.id in FUNCTIONS:
+        if node.id in constants:
+            return constants[node.id]
+        if node.id in functions:
             raise _reject(where, text, f"the function name {node.id!r} without a call")
         raise UnsafeExpressionError(
             f"`{where}` uses the undeclared name {snip(node.id, 40)} in {snip(text)}; declared names: "
@@ -179,11 +199,11 @@ def _build(node: ast.AST, symbols: dict, where: str, text: str, depth: int) -> s
         a = _build(node.operand, symbols, where, text, depth + 1)
         return -a if isinstance(node.op, ast.USub) else a
     if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+        if not isinstance(node.func, ast.Name) or node.func.id not in functions:
             what = (f"a call of {snip(node.func.id, 40)}" if isinstance(node.func, ast.Name)
                     else "a call of a computed function")
             raise _reject(where, text, what)
         if node.keywords or len(node.args) != 1 or any(isinstance(a, ast.Starred) for a in node.args):
             raise _reject(where, text, f"{node.func.id}() with other than one positional argument")
-        return FUNCTIONS[node.func.id](_build(node.args[0], symbols, where, text, depth + 1))
+        return functions[node.func.id](_build(node.args[0], symbols, where, text, depth + 1))
     raise _reject(where, text, f"the construct {type(node).__name__}")

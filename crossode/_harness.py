@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import os
 import platform
-import statistics
 import time
 import traceback
 
@@ -229,8 +228,8 @@ def measure(
     st = out.stats
     rec.nfe_forward, rec.nfe_backward = st.nfe_forward, st.nfe_backward
     rec.steps_accepted, rec.steps_rejected = st.steps_accepted, st.steps_rejected
-    rec.time_gradient_s = statistics.median(grad_times)
-    rec.time_forward_s = statistics.median(fwd_times)
+    rec.time_gradient_s = float(np.median(grad_times))
+    rec.time_forward_s = float(np.median(fwd_times))
     own_compile = getattr(prepared, "compile_s", None)
     rec.compile_s = own_compile if own_compile is not None else max(0.0, first_s - rec.time_gradient_s)
     rec.repeats = repeats

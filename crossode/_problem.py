@@ -11,11 +11,11 @@ import numpy as np
 
 from ._errors import InvalidInputError, fmt_choices
 from ._limits import MAX_STATE_ENTRIES
-from ._rhs import AbstractRHS, MLPRHS, SymbolicRHS
+from ._rhs import AbstractRHS, SymbolicRHS
 
 __all__ = ["Loss", "Problem"]
 
-LOSS_KINDS = ("sum_squares", "linear", "mse")
+LOSS_KINDS = ("sum_squares", "linear", "mse", "cnf_nll")
 
 
 
@@ -61,11 +61,19 @@ class Loss:
     - ``kind="linear"``: ``L = sum_k w_k . y(t_k)`` with ``weights`` (a fixed cotangent, as torchdiffeq's gradient
       tests use);
     - ``kind="mse"``: ``L = 1/2 * sum_k ||y(t_k) - d_k||^2`` with data ``targets`` (a sum over saves, batch and
-      states, not a mean).
+      states, not a mean);
+    - ``kind="cnf_nll"``: the negative log-likelihood of a continuous normalizing flow (:class:`~crossode.CNFRHS`,
+      state ``[x, logp]``, ``d = n_states - 1``) under a standard normal base, averaged over the batch ``B``, on
+      the last saved state ``[z, logp(t1)]``:
+      ``L = d/2 log(2 pi) + 1/B sum_b (1/2 ||z_b||^2 + logp_b(t1))``. With ``logp' = -tr(dg/dx)`` and FFJORD's
+      ``logp(t0) = 0``, ``logp(t1) = -int tr`` and ``log p_x(x) = log N(z(t1)) - logp(t1)`` (FFJORD's
+      ``logpx = logpz - delta_logp``), so ``L = -mean_b log p_x(x_b)``. A nonzero ``logp(t0) = c_b`` only adds
+      ``mean_b c_b`` (so ``dL/dlogp_b(t0) = 1/B`` and finite differences in ``y0`` stay valid). No data.
 
     ``weights``/``targets`` have the shape of ``ys``, or ``(len(saveat), n_states)`` for a batch (the same data for
     every trajectory); the :class:`Problem` checks the shape. :meth:`apply` is the single implementation every backend
-    calls on its own arrays (only ``*``, ``-`` and ``.sum()``), so the loss is the same arithmetic everywhere.
+    calls on its own arrays (only ``*``, ``-``, ``+``, ``.sum()``, basic indexing and constants), so the loss is the
+    same arithmetic everywhere.
     """
 
     def __init__(self, kind: str = "sum_squares", weights=None, targets=None):
@@ -114,7 +122,8 @@ class Loss:
         )
 
     def apply(self, ys, data=None):
-        """The loss of ``ys`` using only ``*``, ``-`` and ``.sum()`` (NumPy, torch and JAX arrays alike).
+        """The loss of ``ys`` using only ``*``, ``-``, ``+``, ``.sum()``, basic indexing and Python constants (NumPy,
+        torch and JAX arrays alike).
 
         ``data`` is :meth:`data_for` ``(ys.shape)`` converted to the caller's framework (required for ``linear``
         and ``mse``; :attr:`Problem.loss_data` has it in NumPy).
@@ -123,6 +132,11 @@ class Loss:
             return 0.5 * (ys * ys).sum()
         if self.kind == "linear":
             return (data * ys).sum()
+        if self.kind == "cnf_nll":
+            d = ys.shape[-1] - 1
+            batch = ys.shape[1] if len(ys.shape) == 3 else 1
+            z, logp = ys[-1, ..., :d], ys[-1, ..., d]
+            return (0.5 * (z * z).sum() + logp.sum()) * (1.0 / batch) + 0.5 * d * math.log(2.0 * math.pi)
         r = ys - data
         return 0.5 * (r * r).sum()
 
@@ -138,6 +152,12 @@ class Loss:
             return ys.copy()
         if self.kind == "linear":
             return np.array(np.broadcast_to(self.data_for(ys.shape), ys.shape))
+        if self.kind == "cnf_nll":
+            d, batch = ys.shape[-1] - 1, (ys.shape[1] if ys.ndim == 3 else 1)
+            g = np.zeros_like(ys)
+            g[-1, ..., :d] = ys[-1, ..., :d] / batch
+            g[-1, ..., d] = 1.0 / batch
+            return g
         return ys - self.data_for(ys.shape)
 
     def to_dict(self) -> dict:
@@ -200,13 +220,13 @@ class Problem:
     """An ODE problem defined once, for every backend.
 
     **Arguments:**
-    - ``rhs``: :class:`SymbolicRHS` or :class:`MLPRHS`.
+    - ``rhs``: :class:`SymbolicRHS`, :class:`MLPRHS` or :class:`~crossode.CNFRHS`.
     - ``y0``: initial state, ``n_states`` finite numbers, or a batch ``(batch, n_states)`` of independent initial
       states sharing the parameters. A batch is ONE batched solve on every backend (one step sequence for the whole
       batch, the error norm taken over all ``batch * n_states`` entries, as torchdiffeq and Diffrax do by default);
       ``dy0`` has the shape of ``y0`` and saved states are ``(len(saveat), batch, n_states)``.
     - ``params``: flat parameters in ``rhs.param_names`` order: an array, or a mapping name -> value for symbolic
-      fields (every name required). Defaults to the MLP's initial weights for neural fields.
+      fields (every name required). Defaults to the MLP's initial weights for neural (MLP and CNF) fields.
     - ``tspan``: ``(t0, t1)`` with ``t0 != t1`` (``t1 < t0`` integrates backwards).
     - ``saveat``: times at which the trajectory is saved and the loss applied; inside ``[t0, t1]``, strictly
       ordered in the direction of integration; default ``[t1]``.
@@ -226,7 +246,7 @@ class Problem:
 
     def __post_init__(self):
         if not isinstance(self.rhs, AbstractRHS):
-            raise InvalidInputError(f"`rhs` must be a SymbolicRHS or MLPRHS; got {type(self.rhs).__name__}.")
+            raise InvalidInputError(f"`rhs` must be a SymbolicRHS, MLPRHS or CNFRHS; got {type(self.rhs).__name__}.")
         if not isinstance(self.name, str) or not self.name:
             raise InvalidInputError(f"`name` must be a non-empty string; got {self.name!r}.")
         n = self.rhs.n_states
@@ -236,7 +256,7 @@ class Problem:
         names = self.rhs.param_names
         p = self.params
         if p is None:
-            if isinstance(self.rhs, MLPRHS):
+            if hasattr(self.rhs, "initial_params"):  # neural fields (MLPRHS, CNFRHS)
                 p = self.rhs.initial_params()
             elif names:
                 raise InvalidInputError(f"`params` is required: values for {', '.join(names)}.")
@@ -282,6 +302,10 @@ class Problem:
         if not isinstance(self.loss, Loss):
             raise InvalidInputError(f"`loss` must be a Loss; got {self.loss!r}.")
         self.loss.data_for(self.ys_shape)  # raises when the loss data does not fit the saved states
+        if self.loss.kind == "cnf_nll":
+            if not getattr(self.rhs, "is_cnf", False):
+                raise InvalidInputError("`loss.kind = 'cnf_nll'` needs a CNF field (CNFRHS, a [cnf] table): its last "
+                                        f"state is the log-density change; got {type(self.rhs).__name__}.")
 
     # -- convenience -------------------------------------------------------------------------------------
 

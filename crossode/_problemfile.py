@@ -25,8 +25,19 @@ Schema (see the README for examples)::
     weights = [[[...]], ...]          # optional: one (out, in) matrix per layer
     biases = [[...], ...]             # optional: one (out,) vector per layer
 
+    [cnf]                             # a continuous normalizing flow instead (state [x, logp], see crossode._cnf)
+    widths = [2, 64, 64, 64, 2]       # the network g: [d, hidden..., d]
+    activation = "softplus"           # tanh, softplus, sigmoid, identity (relu is refused)
+    time_input = true                 # g(t, x) = MLP([x, t])
+    seed = 0                          # seeded initialisation (or give weights/biases); scale = 1.0
+    dataset = "two_moons"             # the samples x: a toy density (two_moons, 8gaussians, checkerboard) ...
+    samples = 256                     # ... with this many samples
+    data_seed = 0                     # ... drawn with this seed; or give y0 / y0_file = the samples (batch, d)
+                                      # y0 holds x only: the log-density state logp(t0) = 0 is appended
+
     [loss]
-    kind = "sum_squares"              # or "linear" with weights = [[...], ...] (len(saveat) x n_states)
+    kind = "sum_squares"              # default ("cnf_nll" with [cnf]); or "linear" with weights = [[...], ...]
+                                      # (len(saveat) x n_states)
                                       # or "mse" with targets = [[...], ...] (len(saveat) x n_states, or
                                       # len(saveat) x batch x n_states)
     # targets_file = "d.npz"          # instead of targets: array "targets" (weights_file: array "weights")
@@ -43,11 +54,11 @@ from __future__ import annotations
 
 import io
 import os
-import tomllib
 import zipfile
 
 import numpy as np
 
+from ._cnf import CNFRHS
 from ._errors import InvalidInputError
 from ._limits import MAX_ARRAY_FILE_BYTES, MAX_STATE_ENTRIES, read_bounded
 from ._problem import Loss, Problem
@@ -57,14 +68,18 @@ __all__ = ["load_problem_file", "problem_from_dict", "read_toml", "read_npz_arra
 
 MAX_NPZ_BYTES = MAX_ARRAY_FILE_BYTES
 """Largest ``.npz`` file (on disk, and each entry uncompressed) a problem file may refer to (``_limits``)."""
-_TOP = {"name", "description", "states", "rhs", "y0", "y0_file", "tspan", "saveat", "stiff", "params", "mlp", "loss"}
+_TOP = {"name", "description", "states", "rhs", "y0", "y0_file", "tspan", "saveat", "stiff", "params", "mlp", "cnf",
+        "loss"}
 _MLP = {"widths", "activation", "seed", "scale", "weights", "biases", "time_input", "features"}
+_CNF = {"widths", "activation", "seed", "scale", "weights", "biases", "time_input", "dataset", "samples", "data_seed"}
 _LOSS = {"kind", "weights", "weights_file", "targets", "targets_file"}
 
 
 def read_toml(path: str | os.PathLike, what: str = "problem file") -> dict:
     """Parse a TOML file of at most :data:`~crossode._limits.MAX_FILE_BYTES` (a regular file: devices, FIFOs and
     directories are refused without blocking); every failure is an :class:`InvalidInputError` naming ``what``."""
+    import tomllib  # ~8 ms: paid when a file is read, not by `import crossode`
+
     path = os.fspath(path)
     data = read_bounded(path, what)
     try:
@@ -176,6 +191,56 @@ def _no_booleans(value, where: str) -> None:
             _no_booleans(v, f"{where}[{i}]")
 
 
+def _integer(table: dict, key: str, default, where: str):
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"`{where}.{key}` must be an integer; got {value!r}.")
+    return value
+
+
+def _cnf(data: dict, y0):
+    """The [cnf] table: ``(CNFRHS, y0 with the log-density column)``; the samples come from ``y0`` or ``dataset``."""
+    from . import datasets
+
+    clash = sorted({"states", "rhs", "params", "mlp"} & set(data))
+    if clash:
+        raise InvalidInputError(f"give either [cnf] or [mlp]/states/rhs/params, not both; found {clash} with [cnf].")
+    c = _table(data, "cnf", _CNF)
+    if "widths" not in c:
+        raise InvalidInputError("`cnf.widths` is required.")
+    time_input = c.get("time_input", True)
+    if not isinstance(time_input, bool):
+        raise InvalidInputError(f"`cnf.time_input` must be true or false; got {time_input!r}.")
+    rhs = CNFRHS(c["widths"], c.get("activation", "softplus"), time_input=time_input, weights=c.get("weights"),
+                 biases=c.get("biases"), seed=_integer(c, "seed", 0, "cnf"), scale=c.get("scale", 1.0))
+    given = sorted({"samples", "data_seed"} & set(c))
+    if "dataset" in c:
+        if y0 is not None:
+            raise InvalidInputError("give `y0` (or `y0_file`) or `cnf.dataset`, not both.")
+        if rhs.dims != 2:
+            raise InvalidInputError(f"`cnf.dataset` densities are 2-D: `cnf.widths` must start with 2; got {rhs.dims}.")
+        samples = _integer(c, "samples", 256, "cnf")
+        if not 1 <= samples <= MAX_STATE_ENTRIES // rhs.n_states:
+            raise InvalidInputError(f"`cnf.samples` must be in [1, {MAX_STATE_ENTRIES // rhs.n_states}] (each sample "
+                                    f"is a state of {rhs.n_states} numbers); got {samples}.")
+        x = datasets.sample(c["dataset"], samples, _integer(c, "data_seed", 0, "cnf"))
+    elif given:
+        raise InvalidInputError(f"{', '.join(f'`cnf.{k}`' for k in given)} need `cnf.dataset`.")
+    else:
+        try:
+            x = np.array(y0, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"with [cnf], `y0` must hold the samples x as numbers (batch, {rhs.dims}).") \
+                from None
+        if x.ndim not in (1, 2) or x.shape[-1] != rhs.dims:
+            raise InvalidInputError(f"with [cnf], `y0` holds the samples x: shape ({rhs.dims},) or (batch, "
+                                    f"{rhs.dims}) for widths starting with {rhs.dims}; got shape {x.shape}.")
+    if x.size // rhs.dims * rhs.n_states > MAX_STATE_ENTRIES:
+        raise InvalidInputError(f"`y0` holds {x.size // rhs.dims} samples; with the log-density entry at most "
+                                f"{MAX_STATE_ENTRIES // rhs.n_states} are allowed.")
+    return rhs, np.concatenate([x, np.zeros((*x.shape[:-1], 1))], axis=-1)
+
+
 def problem_from_dict(data: dict, *, default_name: str = "problem", base_dir: str = ".") -> Problem:
     """Build a :class:`Problem` from the parsed TOML mapping (schema in the module docstring); array files are
     read relative to ``base_dir``."""
@@ -184,8 +249,10 @@ def problem_from_dict(data: dict, *, default_name: str = "problem", base_dir: st
     unknown = sorted(set(data) - _TOP)
     if unknown:
         raise InvalidInputError(f"unknown keys {unknown}; allowed: {sorted(_TOP)}.")
-    if "y0" not in data and "y0_file" not in data:
-        raise InvalidInputError("`y0` (or `y0_file`) is required.")
+    cnf_t = data.get("cnf")
+    dataset = isinstance(cnf_t, dict) and "dataset" in cnf_t
+    if "y0" not in data and "y0_file" not in data and not dataset:
+        raise InvalidInputError("`y0` (or `y0_file`, or `cnf.dataset`) is required.")
     if "tspan" not in data:
         raise InvalidInputError("`tspan` is required.")
     for key in ("y0", "tspan", "saveat", "params", "loss"):
@@ -193,12 +260,17 @@ def problem_from_dict(data: dict, *, default_name: str = "problem", base_dir: st
     mlp_t = data.get("mlp")
     if isinstance(mlp_t, dict):  # time_input is the one boolean of [mlp]
         _no_booleans({k: v for k, v in mlp_t.items() if k != "time_input"}, "mlp")
+    if isinstance(cnf_t, dict):
+        _no_booleans({k: v for k, v in cnf_t.items() if k != "time_input"}, "cnf")
     loss_t = _table(data, "loss", _LOSS)
-    loss = Loss(loss_t.get("kind", "sum_squares"),
+    loss = Loss(loss_t.get("kind", "cnf_nll" if "cnf" in data else "sum_squares"),
                 _array(loss_t, "weights", "weights_file", base_dir, "loss.weights"),
                 _array(loss_t, "targets", "targets_file", base_dir, "loss.targets"))
     y0 = _array(data, "y0", "y0_file", base_dir)
-    if "mlp" in data:
+    if "cnf" in data:
+        rhs, y0 = _cnf(data, y0)
+        params = None
+    elif "mlp" in data:
         clash = sorted({"states", "rhs", "params"} & set(data))
         if clash:
             raise InvalidInputError(f"give either [mlp] or states/rhs/params, not both; found {clash} with [mlp].")

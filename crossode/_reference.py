@@ -33,7 +33,8 @@ Disk cache: references are stored under :func:`cache_dir` (``$CROSSODE_CACHE/ref
 ``$XDG_CACHE_HOME/crossode/references`` or ``~/.cache/crossode/references``; ``CROSSODE_CACHE=off`` disables it),
 one ``.npz`` per (problem digest, requested method, code version), written atomically (temporary file + rename).
 The code version hashes :data:`REFERENCE_VERSION`, the NumPy/SciPy/SymPy versions and the source of this module,
-:mod:`crossode._rhs` and :mod:`crossode._problem`, so any change of the reference code invalidates old entries.
+:mod:`crossode._rhs`, :mod:`crossode._cnf` (CNF fields) and :mod:`crossode._problem`, so any change of the
+reference code invalidates old entries.
 Unreadable, corrupt or mismatching entries are ignored with a warning and recomputed.
 """
 
@@ -46,13 +47,10 @@ import json
 import os
 import pathlib
 import stat
-import tempfile
 import time
 import warnings
 
 import numpy as np
-import scipy.integrate
-import scipy.linalg
 
 from ._errors import InvalidInputError
 from ._problem import Problem
@@ -184,6 +182,8 @@ def _finish(problem: Problem, ys: np.ndarray, g: np.ndarray, dparams, dy0, name:
 
 
 def _closed_form(problem: Problem, a_fn, da_fn) -> Reference:
+    import scipy.linalg
+
     p, y0 = problem.params, problem.y0
     a = a_fn(p)
     taus = problem.saveat - problem.t0
@@ -213,6 +213,7 @@ def _check(sol, problem: Problem, what: str, n_points: int | None = None):
 
 
 def _sparse_or_dense(blocks):
+    import scipy.linalg
     import scipy.sparse
 
     if sum(b.shape[0] for b in blocks) <= 2000:
@@ -221,6 +222,8 @@ def _sparse_or_dense(blocks):
 
 
 def _sensitivity(problem: Problem) -> Reference:
+    import scipy.integrate
+
     rhs, p = problem.rhs, problem.params
     shape = problem.y0.shape  # (n,) or (batch, n): one n x cols sensitivity block per trajectory
     n, m = problem.n_states, problem.n_params
@@ -260,6 +263,7 @@ def _sensitivity(problem: Problem) -> Reference:
 
 
 def _adjoint(problem: Problem) -> Reference:
+    import scipy.integrate
     import scipy.sparse
 
     rhs, p = problem.rhs, problem.params
@@ -334,12 +338,13 @@ def cache_dir() -> pathlib.Path | None:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of everything a cached reference depends on besides the problem (see the module docstring)."""
+    import scipy
     import sympy
 
-    from . import _problem, _rhs
+    from . import _cnf, _problem, _rhs
 
     h = hashlib.sha256(f"v{REFERENCE_VERSION}|{np.__version__}|{scipy.__version__}|{sympy.__version__}".encode())
-    for module in (__file__, _rhs.__file__, _problem.__file__):
+    for module in (__file__, _rhs.__file__, _cnf.__file__, _problem.__file__):
         try:
             h.update(pathlib.Path(module).read_bytes())
         except OSError:  # e.g. a zipped install: fall back to the version number alone
@@ -397,6 +402,8 @@ def _disk_put(problem: Problem, method: str, ref: Reference) -> None:
         return
     meta = dict(version=code_version(), digest=problem.digest(), requested=method, problem=problem.name,
                 method=ref.method, loss=ref.loss, dt0=ref.dt0, dt1=ref.dt1, time_s=ref.time_s, nfe=ref.nfe)
+    import tempfile  # (with `random`) ~10 ms: paid when a reference is stored, not by `import crossode`
+
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

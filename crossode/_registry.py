@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import re
 from collections.abc import Iterator, MutableMapping
@@ -45,7 +44,11 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 @dataclasses.dataclass(frozen=True)
 class BackendSpec:
     """How to load one backend: ``target`` is ``"module:Class"``; ``requires`` modules must be importable;
-    ``probe`` (``"module:function"``) returns an extra reason string or ``None``; ``extra`` is the pip extra.
+    ``probe`` (``"module:function"``) returns an extra reason string or ``None``; ``extra`` is the pip extra;
+    ``supports`` (``"module:function"``) is the backend's ``supports(problem, solver, sensitivity, step, device)``
+    importable without its framework (``crossode list`` uses it; ``None``: instantiate the backend to ask);
+    ``devices`` (``"module:function"``) returns the backend's ``devices()`` without importing the framework, or
+    ``None`` when only the framework can tell (``crossode info --devices`` then asks it in a subprocess).
 
     Plugins (third-party backends) also carry ``plugin`` (``"distribution version"``), ``packages`` (the
     distributions whose versions ``crossode info`` shows) and ``error`` (why the entry point cannot be used)."""
@@ -57,14 +60,22 @@ class BackendSpec:
     packages: tuple[str, ...] = ()
     plugin: str | None = None
     error: str | None = None
+    supports: str | None = None
+    devices: str | None = None
 
 
 _BUILTIN: dict[str, BackendSpec] = {
-    "reference": BackendSpec("crossode.backends.reference:ReferenceBackend", ("scipy",), None),
-    "torch": BackendSpec("crossode.backends.torch:TorchBackend", ("torch",), "torch"),
-    "jax": BackendSpec("crossode.backends.jax:DiffraxBackend", ("jax", "diffrax", "equinox"), "jax"),
+    "reference": BackendSpec("crossode.backends.reference:ReferenceBackend", ("scipy",), None,
+                             devices="crossode.backends._capabilities:reference_devices"),
+    "torch": BackendSpec("crossode.backends.torch:TorchBackend", ("torch",), "torch",
+                         supports="crossode.backends._capabilities:torch_supports",
+                         devices="crossode.backends._capabilities:cpu_only_devices"),
+    "jax": BackendSpec("crossode.backends.jax:DiffraxBackend", ("jax", "diffrax", "equinox"), "jax",
+                       supports="crossode.backends._capabilities:jax_supports",
+                       devices="crossode.backends._capabilities:cpu_only_devices"),
     "julia": BackendSpec(
-        "crossode.backends.julia:JuliaBackend", ("juliacall",), "julia", "crossode.backends.julia._probe:unavailable_reason"
+        "crossode.backends.julia:JuliaBackend", ("juliacall",), "julia", "crossode.backends.julia._probe:unavailable_reason",
+        devices="crossode.backends.julia._probe:devices",
     ),
 }
 
@@ -73,6 +84,8 @@ def discover_plugins() -> dict[str, BackendSpec]:
     """Backends registered by installed distributions under :data:`ENTRY_POINT_GROUP` (metadata only, no imports).
 
     Unusable entry points are included with ``error`` set; clashing names are keyed ``name@distribution``."""
+    import importlib.metadata  # 17 ms of email/zipfile imports: paid when plugins are listed, not by `import crossode`
+
     try:
         eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     except Exception as e:  # noqa: BLE001 - broken metadata elsewhere must not break crossode

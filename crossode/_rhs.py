@@ -28,13 +28,16 @@ import abc
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sympy
 
 from ._errors import InvalidInputError, fmt_choices
 from ._expr import check_name, parse_expression
 from ._limits import MAX_PARAMS, check_mlp_size, check_symbolic_size
+
+if TYPE_CHECKING:  # SymPy is imported where a symbolic field is built or compiled, not by `import crossode`
+    import sympy
 
 __all__ = ["AbstractRHS", "SymbolicRHS", "MLPRHS", "ACTIVATIONS", "FEATURES"]
 
@@ -117,6 +120,8 @@ class SymbolicRHS(AbstractRHS):
             raise InvalidInputError(
                 f"`rhs` must be a list with one expression per state ({len(states)}); got {rhs!r}."
             )
+        import sympy
+
         # Internal symbol names (_t, _y0.., _p0..) can clash neither with user names (no leading underscore allowed)
         # nor with any code-generation namespace, so lambdify needs no (slow) dummification.
         self.t_symbol = sympy.Symbol("_t", real=True)
@@ -162,6 +167,8 @@ class SymbolicRHS(AbstractRHS):
         return "; ".join(f"d{s}/dt = {e}" for s, e in zip(self.states, self.display_exprs()))
 
     def fingerprint(self) -> str:
+        import sympy
+
         return f"symbolic|{self.states}|{self.params}|" + "|".join(sympy.srepr(e) for e in self.exprs)
 
     def __repr__(self) -> str:
@@ -177,6 +184,8 @@ class SymbolicRHS(AbstractRHS):
         sequences of per-component arrays; a constant component comes back as a Python number (broadcast it).
         The printed code comes from the whitelisted expression tree, never from user text.
         """
+        import sympy
+
         fn = sympy.lambdify(
             (self.t_symbol, self.state_symbols, self.param_symbols), list(self.exprs),
             modules=[namespace, "math"],
@@ -185,6 +194,8 @@ class SymbolicRHS(AbstractRHS):
 
     @functools.cached_property
     def _numpy(self):
+        import sympy
+
         args = (self.t_symbol, self.state_symbols, self.param_symbols)
         f = sympy.lambdify(args, list(self.exprs), modules="numpy")
         m = sympy.Matrix(self.exprs)
@@ -233,6 +244,8 @@ class SymbolicRHS(AbstractRHS):
     def linear_matrix(self) -> sympy.Matrix | None:
         """``A(p)`` as a SymPy matrix over the parameter symbols if ``f = A(p) y`` (linear, homogeneous,
         autonomous), else ``None``. Backends may evaluate such fields as a matrix product."""
+        import sympy
+
         if self.time_dependent:
             return None
         y = self.state_symbols
@@ -250,6 +263,8 @@ class SymbolicRHS(AbstractRHS):
         ``A_fn(p)`` gives ``A`` of shape ``(n, n)``; ``dA_fn(p)`` gives ``dA/dp`` of shape ``(n, n, n_params)``.
         Used by the reference for its closed form (matrix exponential).
         """
+        import sympy
+
         a = self.linear_matrix
         if a is None:
             return None

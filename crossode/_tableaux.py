@@ -25,7 +25,7 @@ import dataclasses
 from ._errors import UnsupportedError
 from ._solvers import RK4, AbstractSolver, Bosh3, Dopri5, Dopri8, Euler, Heun, Midpoint, Tsit5
 
-__all__ = ["ButcherTableau", "TABLEAUX", "tableau_for"]
+__all__ = ["ButcherTableau", "TABLEAUX", "tableau_for", "RK4_38_TABLEAU"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,18 @@ class ButcherTableau:
     def stages(self) -> int:
         """Number of stages ``s`` (for FSAL methods the last one is reused as the next step's first)."""
         return len(self.b)
+
+    @property
+    def solution_stages(self) -> int:
+        """Stages the new solution depends on (through ``b`` and, transitively, ``a``), ``k1`` included; for FSAL
+        tableaux the last stage is the next step's ``k1`` and not counted here. With reverse-mode autograd through
+        the steps this is the number of VJPs of ``f`` per accepted step (the other stages only feed the error
+        estimate)."""
+        live = {i for i, bi in enumerate(self.b) if bi != 0.0}
+        for i in range(len(self.b) - 1, 0, -1):
+            if i in live:
+                live.update(j for j, aij in enumerate(self.a[i]) if aij != 0.0)
+        return len(live)
 
     @property
     def adaptive(self) -> bool:
@@ -90,6 +102,18 @@ RK4_TABLEAU = ButcherTableau(
     a=_lower([[1 / 2], [0.0, 1 / 2], [0.0, 0.0, 1.0]]),
     b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
     c=(0.0, 0.5, 0.5, 1.0),
+    b_err=None,
+    order=4,
+    error_order=None,
+)
+
+# Kutta's 3/8 rule, the fourth-order method torchdiffeq calls "rk4" (its `rk4_alt_step_func`). Not a crossode
+# descriptor of its own: `crossode.torch.odeint(..., method="rk4")` steps with it so that torchdiffeq's calls give
+# torchdiffeq's numbers; `solver=RK4()` is the classical tableau above everywhere.
+RK4_38_TABLEAU = ButcherTableau(
+    a=_lower([[1 / 3], [-1 / 3, 1.0], [1.0, -1.0, 1.0]]),
+    b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+    c=(0.0, 1 / 3, 2 / 3, 1.0),
     b_err=None,
     order=4,
     error_order=None,

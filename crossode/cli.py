@@ -74,23 +74,73 @@ def _pkg_version(name: str) -> str | None:
         return None
 
 
+DEVICE_PROBE_TIMEOUT_S = 60.0
+"""How long ``crossode info --devices`` waits for a backend's own device query (its framework's import and GPU
+initialisation, in a subprocess) before it reports the devices as unknown."""
+
+_DEVICE_PROBE = ("import json, sys\nfrom crossode._registry import get_backend\n"
+                 "print(json.dumps(list(get_backend(sys.argv[1]).devices())))")
+
+
+def backend_devices(names, timeout: float = DEVICE_PROBE_TIMEOUT_S) -> dict[str, str]:
+    """``{backend: 'cpu, cuda' | 'unknown (why)'}``: each backend's ``devices()``.
+
+    Told without importing a framework where the registry can (``BackendSpec.devices``: e.g. no GPU driver on the
+    machine, so torch and JAX can only use the CPU); otherwise each backend answers in its own subprocess, all at
+    once, each bounded by ``timeout``: the frameworks import in parallel, a slow or crashing GPU initialisation
+    cannot hang or take down ``crossode info``, and Julia's import-order rule (juliacall before torch) cannot bite.
+    """
+    import importlib
+    import subprocess
+
+    from ._registry import BACKENDS
+
+    out, procs = {}, {}
+    for name in names:
+        spec = BACKENDS[name]
+        if spec.devices:
+            try:
+                module, func = spec.devices.split(":")
+                found = getattr(importlib.import_module(module), func)()
+            except Exception as e:  # noqa: BLE001 - info must never traceback
+                found, out[name] = None, f"unknown ({type(e).__name__}: {e})"
+            if found is not None:
+                out[name] = ", ".join(found)
+            if name in out:
+                continue
+        procs[name] = subprocess.Popen([sys.executable, "-c", _DEVICE_PROBE, name], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + timeout
+    for name, proc in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            out[name] = f"unknown (asking {name} took longer than {timeout:g} s)"
+            continue
+        try:
+            found = json.loads(stdout.strip().splitlines()[-1])
+            out[name] = ", ".join(map(str, found))
+        except (ValueError, IndexError):
+            last = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            out[name] = f"unknown ({last[:200]})"
+    return out
+
+
 def cmd_info(args) -> int:
-    """Each backend: available or not (with the reason), versions, devices."""
-    from ._registry import BACKENDS, get_backend, unavailable_reason
+    """Each backend: available or not (with the reason), versions, devices (:func:`backend_devices`)."""
+    from ._registry import BACKENDS, unavailable_reason
 
     print(f"crossode {_pkg_version('crossode') or 'dev'}  python {sys.version.split()[0]}")
-    for name in BACKENDS:
-        reason = unavailable_reason(name)
+    reasons = {name: unavailable_reason(name) for name in BACKENDS}
+    devices = backend_devices([n for n, r in reasons.items() if r is None]) if args.devices else {}
+    for name, reason in reasons.items():
         packages = _PACKAGES.get(name, BACKENDS[name].packages)  # plugins: their distribution
         versions = ", ".join(f"{p} {v}" for p in packages if (v := _pkg_version(p)))
         if reason is None:
-            devices = ""
-            if args.devices:
-                try:
-                    devices = "  devices: " + ", ".join(get_backend(name).devices())
-                except Exception as e:  # noqa: BLE001 - info must never traceback
-                    devices = f"  devices: unknown ({type(e).__name__}: {e})"
-            print(f"  {name:10s} available    {versions}{devices}")
+            shown = f"  devices: {devices[name]}" if name in devices else ""
+            print(f"  {name:10s} available    {versions}{shown}")
         else:
             print(f"  {name:10s} unavailable  {reason}")
     return 0
@@ -99,8 +149,12 @@ def cmd_info(args) -> int:
 # ------------------------------------------------------------------------------------------------------ list
 
 
-def _backend_instances() -> dict:
-    """Instances of the registered backends whose ``supports()`` can be called here (see :func:`support_matrix`)."""
+def _supporters() -> dict:
+    """``{backend: supports(problem, solver, sensitivity, step, device)}`` for every backend that can say.
+
+    Built-in backends answer through their framework-free ``supports`` (``BackendSpec.supports``, whether or not
+    the framework is installed: the matrix is what crossode implements) or, for Julia, an instance that imports
+    nothing; plugins are loaded (unusable ones are left out)."""
     import importlib
 
     from ._registry import BACKENDS, get_backend, unavailable_reason
@@ -109,20 +163,19 @@ def _backend_instances() -> dict:
     for name, spec in BACKENDS.items():
         if name == "reference":
             continue
-        missing = [m for m in spec.requires if importlib.util.find_spec(m) is None]
-        if missing and name != "julia":
-            continue
         try:
-            if spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
+            if spec.supports:
+                module, func = spec.supports.split(":")
+                out[name] = getattr(importlib.import_module(module), func)
+            elif spec.plugin:  # third-party: loaded (and validated) by the registry, unusable ones are left out
                 if unavailable_reason(name) is not None:
                     continue
-                backend = get_backend(name)
+                out[name] = get_backend(name).supports
             else:
                 module, cls = spec.target.split(":")
-                backend = getattr(importlib.import_module(module), cls)()
+                out[name] = getattr(importlib.import_module(module), cls)().supports
         except Exception:  # noqa: BLE001
             continue
-        out[name] = backend
     return out
 
 
@@ -130,6 +183,7 @@ def _feature_problems() -> dict:
     """One small problem per neutral feature beyond the basic single-state problem (for ``crossode list``)."""
     import numpy as np
 
+    from ._cnf import CNFRHS
     from ._problem import Loss, Problem
     from ._rhs import MLPRHS
 
@@ -140,6 +194,8 @@ def _feature_problems() -> dict:
                                            **base),
         "MLP time input": Problem(MLPRHS([2, 4, 2], time_input=True), y0=[1.0, 0.0], **base),
         "MLP cube features": Problem(MLPRHS([2, 4, 2], features="cube"), y0=[1.0, 0.0], **base),
+        "CNF field + cnf_nll loss": Problem(CNFRHS([2, 4, 2]), y0=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                                             loss=Loss("cnf_nll"), **base),
     }
 
 
@@ -149,13 +205,13 @@ def feature_support() -> dict[str, dict[str, str | None]]:
     from ._sensitivity import Direct
     from ._solvers import Dopri5
 
-    backends = _backend_instances()
+    supporters = _supporters()
     out = {}
     for feature, problem in _feature_problems().items():
         row = {}
-        for name, backend in backends.items():
+        for name, supports in supporters.items():
             try:
-                row[name] = backend.supports(problem, Dopri5(), Direct(), Adaptive(), "cpu")
+                row[name] = supports(problem, Dopri5(), Direct(), Adaptive(), "cpu")
             except Exception as e:  # noqa: BLE001
                 row[name] = f"{type(e).__name__}: {e}"
         out[feature] = row
@@ -163,16 +219,14 @@ def feature_support() -> dict[str, dict[str, str | None]]:
 
 
 def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]:
-    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()``.
-
-    Backends whose framework is missing are left out (their ``supports`` needs the framework); the Julia backend's
-    ``supports`` is pure Python and is always included.
-    """
+    """``{backend: {(solver, sensitivity): None | reason}}`` from each backend's own ``supports()`` (on a CPU;
+    adaptive steps where the solver has an error estimate, else ``Fixed(dt=0.1)``), without importing torch or
+    JAX (see :func:`_supporters`)."""
     from . import problems
 
     problem = problem or problems.get_problem(DEFAULT_PROBLEM)
     out = {}
-    for name, backend in _backend_instances().items():
+    for name, supports in _supporters().items():
         table = {}
         for s_name, s_cls in SOLVERS.items():
             for g_name, g_cls in SENSITIVITIES.items():
@@ -184,7 +238,7 @@ def support_matrix(problem=None) -> dict[str, dict[tuple[str, str], str | None]]
                     continue
                 step = Adaptive() if solver.adaptive else Fixed(dt=0.1)
                 try:
-                    table[(s_name, g_name)] = backend.supports(problem, solver, sens, step, "cpu")
+                    table[(s_name, g_name)] = supports(problem, solver, sens, step, "cpu")
                 except Exception as e:  # noqa: BLE001
                     table[(s_name, g_name)] = f"{type(e).__name__}: {e}"
         out[name] = table

@@ -27,10 +27,17 @@ mlp_fit                batch of 64 states in R^8, y' = MLP([y, t]) 8-64-64-8 tan
 spiral_fit             batch of 20 windows of the cubic spiral (10 points, dt 25/999),  Onken & Ruthotto;
                        y' = MLP(y^3) 2-50-2 tanh (cube features), mse to the true       torchdiffeq ode_demo
                        spiral
+cnf_moons              continuous normalizing flow on 256 two-moons samples: state      FFJORD (Grathwohl et
+                       [x, logp] in R^3, x' = MLP([x, t]) 2-64-64-64-2 softplus,        al. 2019) toy densities
+                       logp' = -tr(dMLP/dx) exact, cnf_nll loss, t in [0, 1]
+cnf_8gaussians         the same on 8 gaussians                                          FFJORD
+cnf_checkerboard       the same on the checkerboard                                     FFJORD
 =====================  ==============================================================  =========================
 
 Batched problems (``mlp_fit``, ``spiral_fit``) accept ``batch``; ``mlp_fit`` also ``widths`` (e.g. ``[32, 128, 128,
 32]``), ``time_input``, ``features`` and ``activation``: the sweep overrides ``{batch = 512, widths = [...]}``.
+The CNF problems accept ``batch`` (samples), ``widths``, ``activation``, ``time_input``, ``seed`` (weights),
+``data_seed`` (samples), ``scale`` and ``t1``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ._cnf import CNFRHS
 from ._errors import InvalidInputError, fmt_choices
 from ._limits import MAX_MLP_LAYERS, MAX_SAVES, MAX_STATE_ENTRIES, check_count, check_symbolic_size
 from ._problem import Loss, Problem
@@ -236,6 +244,42 @@ def spiral_fit(batch: int = 20, n_save: int = 9, width: int = 50, seed: int = 0)
                    name="spiral_fit", description=f"batch {batch}, {rhs.describe()}, mse to the true cubic spiral")
 
 
+def cnf_problem(dataset: str = "two_moons", batch: int = 256, widths=(2, 64, 64, 64, 2), activation: str = "softplus",
+                time_input: bool = True, seed: int = 0, data_seed: int = 0, scale: float = 1.0, t1: float = 1.0,
+                name: str | None = None) -> Problem:
+    """An FFJORD-style CNF on ``batch`` samples of a 2-D toy density (:mod:`crossode.datasets`), ``cnf_nll`` loss.
+
+    The state is ``[x, logp]`` with ``logp(0) = 0``; the flow runs from the data at ``t = 0`` to the base
+    (standard normal) at ``t1``. ``seed`` initialises the weights, ``data_seed`` draws the samples.
+    """
+    from . import datasets
+
+    batch = _check_batch(batch, 3, 1)
+    if isinstance(widths, (list, tuple)) and widths and widths[0] != 2:
+        raise InvalidInputError(f"`widths` must start and end with 2 for a 2-D toy density; got {list(widths)}.")
+    rhs = CNFRHS(list(widths), activation, time_input=time_input, seed=seed, scale=scale)
+    x = datasets.sample(dataset, batch, seed=data_seed)
+    y0 = np.concatenate([x, np.zeros((batch, 1))], axis=1)
+    label = name or f"cnf_{dataset}"
+    return Problem(rhs, y0=y0, tspan=(0.0, float(t1)), loss=Loss("cnf_nll"), name=label,
+                   description=f"batch {batch} of {dataset}, {rhs.describe()}, negative log-likelihood")
+
+
+def cnf_moons(**overrides) -> Problem:
+    """A continuous normalizing flow (FFJORD, exact trace) on 256 two-moons samples, negative log-likelihood."""
+    return cnf_problem("two_moons", name="cnf_moons", **overrides)
+
+
+def cnf_8gaussians(**overrides) -> Problem:
+    """A continuous normalizing flow (FFJORD, exact trace) on 256 samples of 8 gaussians, negative log-likelihood."""
+    return cnf_problem("8gaussians", name="cnf_8gaussians", **overrides)
+
+
+def cnf_checkerboard(**overrides) -> Problem:
+    """A continuous normalizing flow (FFJORD, exact trace) on 256 checkerboard samples, negative log-likelihood."""
+    return cnf_problem("checkerboard", name="cnf_checkerboard", **overrides)
+
+
 PROBLEMS: dict[str, Callable[..., Problem]] = {
     "linear": linear,
     "exponential_decay": exponential_decay,
@@ -250,6 +294,9 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "mlp": mlp,
     "mlp_fit": mlp_fit,
     "spiral_fit": spiral_fit,
+    "cnf_moons": cnf_moons,
+    "cnf_8gaussians": cnf_8gaussians,
+    "cnf_checkerboard": cnf_checkerboard,
 }
 """Zoo problem factories by name."""
 

@@ -28,17 +28,35 @@ def test_list_shows_support_matrix(capsys):
     assert main(["list"]) == 0
     text = capsys.readouterr().out
     assert "support matrix" in text and "lotka_volterra" in text and "mali" in text
-    assert "mlp_fit" in text and "spiral_fit" in text
+    assert "mlp_fit" in text and "spiral_fit" in text and "cnf_moons" in text and "cnf_checkerboard" in text
     features = text[text.index("problem features"):]
     from crossode.cli import feature_support
 
     table = feature_support()
     assert set(table) == {"batch (y0 of shape (batch, n))", "mse loss (data targets)", "MLP time input",
-                          "MLP cube features"}
+                          "MLP cube features", "CNF field + cnf_nll loss"}
     for feature, row in table.items():
         assert feature in features and "julia" in row  # Julia's supports() is pure Python: always listed
         for backend, reason in row.items():
             assert reason is None, (feature, backend, reason)
+
+
+def test_list_and_info_devices_load_no_framework():
+    """`crossode list` took 9.7 s and `info --devices` 15 s importing torch and JAX one after the other (issue 13):
+    the support matrix comes from the backends' framework-free supports (crossode.backends._capabilities), and
+    without a GPU driver the devices are told without asking the frameworks."""
+    from crossode.backends._capabilities import gpu_driver_visible
+
+    code = ("import json, sys\nfrom crossode.cli import main\nmain(['list'])\n"
+            + ("main(['info', '--devices'])\n" if gpu_driver_visible() is False else "")
+            + "print(json.dumps(sorted(m for m in ('torch', 'jax', 'jaxlib', 'diffrax', 'juliacall') "
+              "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert "| dopri5 | torch, jax" in out.stdout
+    if gpu_driver_visible() is False:
+        assert "torch      available" in out.stdout and "devices: cpu" in out.stdout
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,8 @@ PROBLEMS = {
     "mlp": lambda: co.get_problem("mlp"),  # 2 save times
     # batched: 4 trajectories, time-input MLP, mse targets per trajectory
     "mlp_fit_small": lambda: co.get_problem("mlp_fit", batch=4, n=2, width=8, depth=2),
+    # batched CNF: 8 two-moons samples, state [x, logp], exact trace, cnf_nll loss (scale 2: a flow that needs steps)
+    "cnf_small": lambda: co.get_problem("cnf_moons", batch=8, widths=[2, 16, 16, 2], scale=2.0),
 }
 
 
@@ -128,11 +130,14 @@ def test_adaptive_alf_mali_same_grid(name, rtol, ref_tol):
 BATCHED = [
     ("mlp_fit_small", Dopri5(), Direct(), Adaptive(rtol=1e-7, atol=1e-9), 1e-6),
     ("mlp_fit_small", ALF(), MALI(), Adaptive(rtol=1e-5, atol=1e-7), 1e-4),
+    ("cnf_small", Dopri5(), Direct(), Adaptive(rtol=1e-7, atol=1e-9), 1e-6),  # 9/1 steps, reference error 6.9e-8
+    pytest.param("cnf_small", ALF(), MALI(), Adaptive(rtol=1e-5, atol=1e-7), 1e-5,  # 718/2 steps, 1.8e-6
+                 marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.parametrize("name, solver, sensitivity, step, ref_tol", BATCHED,
-                         ids=[f"{c[0]}-{c[1].name}" for c in BATCHED])
+                         ids=[f"{c[0]}-{c[1].name}" for c in (getattr(c, "values", c) for c in BATCHED)])
 def test_batched_same_grid_and_gradient(name, solver, sensitivity, step, ref_tol):
     problem, t, j = _both(name, solver, sensitivity, step)
     assert t.dy0.shape == j.dy0.shape == problem.y0.shape
@@ -204,3 +209,25 @@ def test_done_when_batched_mlp_file_compare(tmp_path, data_dir):
         assert r["status"] == "ok", r
         assert r["reference"].startswith("adjoint(DOP853")
         assert r["grad_error"] < r["rtol"], r  # rtol 1e-6: measured 8e-11 (dopri5) .. 1.8e-8 (ALF)
+
+
+@pytest.mark.slow
+def test_done_when_cnf_compare(tmp_path):
+    """Issue 9 §3's neutral check: the zoo CNF (256 two-moons samples, 2-64-64-64-2 softplus with time input, exact
+    trace, cnf_nll loss) through `crossode compare` on torch and JAX at FFJORD's tolerances, every gradient against
+    the independent adjoint reference (about 2.5 minutes on 2 shared cores, most of it the reference and compiles)."""
+    import json
+
+    from crossode.cli import main
+
+    out = tmp_path / "records.jsonl"
+    args = ["compare", "--problem", "cnf_moons", "--backend", "torch,jax", "--solver", "dopri5", "--sensitivity",
+            "direct,backsolve", "--rtol", "1e-6", "--atol", "1e-8", "--repeats", "1", "--out", str(out)]
+    assert main(args) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["backend"], r["sensitivity"]) for r in records} == {
+        (b, g) for b in ("torch", "jax") for g in ("direct", "backsolve")}
+    for r in records:
+        assert r["status"] == "ok", r
+        assert r["reference"].startswith("adjoint(DOP853")
+        assert r["grad_error"] < 1e-7, r  # measured 7.1e-10 (Direct), 1.2e-9 / 9.6e-10 (Backsolve torch / JAX)

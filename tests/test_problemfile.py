@@ -269,3 +269,57 @@ def test_cli_reports_a_bad_npz_in_one_line(tmp_path):
                           "--backend", "reference"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "no array 'targets'" in out.stderr and "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ [cnf] tables
+
+
+def test_cnf_file_is_the_zoo_problem(data_dir):
+    p = load_problem_file(data_dir / "cnf_moons.toml")
+    z = get_problem("cnf_moons")
+    assert p.digest() == z.digest() and p.loss.kind == "cnf_nll" and p.y0.shape == (256, 3)
+    assert p.rhs.widths == (2, 64, 64, 64, 2) and p.rhs.activation == "softplus" and p.rhs.time_input
+    np.testing.assert_array_equal(p.y0[:, 2], 0.0)  # logp(t0) = 0 appended
+
+
+def test_cnf_samples_inline_and_from_npz(tmp_path):
+    x = np.array([[0.5, -1.0], [1.5, 0.3], [-0.7, 0.9]])
+    (tmp_path / "inline.toml").write_text(
+        f"y0 = {x.tolist()}\ntspan = [0.0, 0.5]\n[cnf]\nwidths = [2, 4, 2]\nactivation = \"tanh\"\nseed = 2\n")
+    p = load_problem_file(tmp_path / "inline.toml")
+    np.testing.assert_array_equal(p.y0, np.concatenate([x, np.zeros((3, 1))], axis=1))
+    assert p.loss.kind == "cnf_nll" and p.rhs.activation == "tanh" and p.n_params == 4 * 3 + 4 + 2 * 4 + 2
+    np.savez(tmp_path / "x.npz", y0=x)
+    (tmp_path / "npz.toml").write_text(
+        'y0_file = "x.npz"\ntspan = [0.0, 0.5]\n[cnf]\nwidths = [2, 4, 2]\nactivation = "tanh"\nseed = 2\n')
+    assert load_problem_file(tmp_path / "npz.toml").digest() == p.digest()
+    one = tmp_path / "one.toml"
+    one.write_text('y0 = [0.5, -1.0]\ntspan = [0.0, 0.5]\n[cnf]\nwidths = [2, 4, 2]\n')
+    assert load_problem_file(one).y0.tolist() == [0.5, -1.0, 0.0]
+
+
+@pytest.mark.parametrize("text, match", [
+    ('tspan=[0,1]\n[cnf]\nwidths=[2,4,2]', r"`y0` \(or `y0_file`, or `cnf.dataset`\) is required"),
+    ('tspan=[0,1]\n[cnf]\ndataset="two_moons"', "cnf.widths"),
+    ('tspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ndataset="spiral"', "dataset"),
+    ('tspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ndataset="two_moons"\nsamples=0', "cnf.samples"),
+    ('tspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ndataset="two_moons"\nsamples=10000000', "cnf.samples"),
+    ('tspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ndataset="two_moons"\nsamples=1.5', "cnf.samples"),
+    ('tspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ndataset="two_moons"\ndata_seed=true', "cnf"),
+    ('tspan=[0,1]\n[cnf]\nwidths=[3,4,3]\ndataset="two_moons"', "2-D"),
+    ('y0=[[1.0,2.0]]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ndataset="two_moons"', "not both"),
+    ('y0=[[1.0,2.0]]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]\nsamples=4', "need `cnf.dataset`"),
+    ('y0=[[1.0,2.0,0.0]]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]', r"shape \(2,\) or \(batch, 2\)"),
+    ('y0=[1.0,2.0]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]\nactivation="relu"', "relu"),
+    ('y0=[1.0,2.0]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]\ntime_input=1', "cnf.time_input"),
+    ('y0=[1.0,2.0]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]\nbogus=1', "bogus"),
+    ('y0=[1.0,2.0]\ntspan=[0,1]\n[cnf]\nwidths=[2,4,2]\n[mlp]\nwidths=[2,4,2]', "either"),
+    ('y0=[1.0,2.0]\ntspan=[0,1]\nstates=["x"]\n[cnf]\nwidths=[2,4,2]', "either"),
+    ('y0=[1.0,2.0]\ntspan=[0,1]\n[mlp]\nwidths=[2,4,2]\n[loss]\nkind="cnf_nll"', "CNF field"),
+])
+def test_malformed_cnf_tables(tmp_path, text, match):
+    f = tmp_path / "p.toml"
+    f.write_text(text)
+    with pytest.raises(InvalidInputError, match=match) as err:
+        load_problem_file(f)
+    assert "\n" not in str(err.value)

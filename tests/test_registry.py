@@ -68,6 +68,7 @@ import os  # noqa: E402
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "data" / "plugins"
@@ -190,3 +191,18 @@ def test_plugin_backend_in_cli_and_sweeps(plugin_env, tmp_path):
     assert len(recs) == 3 and all(r["status"] == "ok" for r in recs)
     # the toy Euler and crossode's torch Euler take the same steps: the same discrete gradient
     assert abs(by[("toy", 0.05)]["grad_error"] - by[("torch", 0.05)]["grad_error"]) < 1e-9
+
+
+@pytest.mark.slow  # waits out a 15 s limit
+def test_info_devices_asks_plugins_in_parallel_subprocesses_with_a_time_limit(tmp_path):
+    """Devices no registry function can tell are asked of the backend in a subprocess per backend, all at once and
+    bounded: a plugin whose ``devices()`` hangs reads "unknown (... took longer than ...)" instead of hanging
+    ``crossode info --devices`` (issue 13: asking in-process imported every framework, one after the other)."""
+    _dist(tmp_path, "devplug-dist", "0.1", {"toy": "toyplug:ToyBackend", "slowdev": "toyplug:SlowDevices"})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(PLUGINS), str(ROOT)]))
+    start = time.perf_counter()
+    got = _py("import json\nfrom crossode.cli import backend_devices\n"
+              "print(json.dumps(backend_devices(['reference', 'toy', 'slowdev'], timeout=15)))", env)
+    assert time.perf_counter() - start < 60
+    assert got["reference"] == "cpu" and got["toy"] == "cpu"
+    assert got["slowdev"] == "unknown (asking slowdev took longer than 15 s)"

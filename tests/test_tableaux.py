@@ -115,3 +115,22 @@ def test_embedded_method(cls):
     for n in range(1, q + 1):
         for tree in rooted_trees(n):
             assert bh @ _weights(tree, a) == pytest.approx(1 / _gamma(tree), rel=0, abs=1e-12), (n, tree)
+
+
+def test_kutta_38_rule_is_a_fourth_order_tableau():
+    """torchdiffeq's ``rk4`` (used for ``crossode.torch.odeint(method="rk4")``): order 4 exactly, row sums = c."""
+    from crossode._tableaux import RK4_38_TABLEAU as tab
+
+    a, b = _dense_a(tab), np.asarray(tab.b)
+    np.testing.assert_allclose(a.sum(axis=1), tab.c, rtol=0, atol=1e-15)
+    for n in range(1, 5):
+        for tree in rooted_trees(n):
+            assert b @ _weights(tree, a) == pytest.approx(1 / _gamma(tree), rel=0, abs=1e-14), (n, tree)
+    assert max(abs(b @ _weights(t, a) - 1 / _gamma(t)) for t in rooted_trees(5)) > 1e-8
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_solution_stages(cls):
+    """Stages the new solution depends on: all but an FSAL tableau's last one (Dopri8's 13 all feed it)."""
+    tab = TABLEAUX[cls]
+    assert tab.solution_stages == tab.stages - (1 if tab.fsal else 0)

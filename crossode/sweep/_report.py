@@ -11,6 +11,11 @@ Figures (Agg backend, written only when the data has what they need):
 Failed cells are drawn, not dropped: an ``x`` in a "failed" band at the top of the panel, labelled with the status
 (at the time the worker spent when no gradient time exists); cells that could not run at all (``unsupported``,
 ``unavailable``) are listed under the figure. Every table marks failures by status.
+
+Made to be read at a glance: at most two columns, no wider than the HTML report's column (:data:`READ_WIDTH_PX`),
+so nothing is scaled down; the legend at the top; log axes labelled at round values whatever their range
+(:func:`_nice_log_ticks`); in-panel labels placed after the layout where they cover no other text or marker
+(:func:`_layout_labels`); NFE on a log scale with each bar's count; an empty panel says why it is empty.
 """
 
 from __future__ import annotations
@@ -202,6 +207,18 @@ def nfe_table(df):
 
 # ----------------------------------------------------------------------------------------------- figures
 
+DPI = 110
+PANEL_W, PANEL_H = 4.8, 3.6
+READ_WIDTH_PX = 1056
+"""Widest figure the HTML report shows unscaled (its column is 1100 px less padding, see :func:`_write_docs`):
+figures use at most two columns of ``PANEL_W`` inches, so their text is read at the size it was set in."""
+SMALL_PT = 7.5
+"""Font size of the in-panel annotations (failure statuses, capped errors, bar values)."""
+MAX_FAIL_LABELS = 8
+"""More failure labels than this in one panel: the band says how many failed instead (see the failures table)."""
+BAND = (0.92, 1.0)
+"""The grey band at the top of a panel (axes fraction) where failed cells are drawn."""
+
 
 def _plt():
     import matplotlib
@@ -209,8 +226,9 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"figure.dpi": 110, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
-                         "axes.grid": True, "grid.alpha": 0.3, "grid.linestyle": ":"})
+    plt.rcParams.update({"figure.dpi": DPI, "savefig.dpi": "figure", "font.size": 9, "axes.titlesize": 10,
+                         "legend.fontsize": 8.5, "axes.grid": True, "grid.alpha": 0.3, "grid.linestyle": ":",
+                         "axes.xmargin": 0.06, "axes.ymargin": 0.08})
     return plt
 
 
@@ -231,85 +249,125 @@ class _Styles:
 
 
 def _facets(df, need_multi: str | None = None, max_panels: int = 12):
-    """(problem, t1) groups to draw; with ``need_multi`` only groups where some series has >= 2 values of it."""
+    """(problem, t1) groups to draw; with ``need_multi`` only groups where some series has >= 2 values of it, or
+    where every cell that ran failed (drawn as an empty panel that says so), and none if no group has numbers."""
     keys = []
     for (problem, t1), g in df.groupby(["problem", "t1"], dropna=False, sort=False):
         if need_multi is not None:
             ok = g[g["status"].isin(HAS_NUMBERS)]
-            if ok.empty or ok.groupby("series")[need_multi].nunique().max() < 2:
+            if ok.empty and not g["failed"].any():
+                continue
+            if not ok.empty and ok.groupby("series")[need_multi].nunique().max() < 2:
                 continue
         keys.append((problem, t1, g))
+    if all(g[g["status"].isin(HAS_NUMBERS)].empty for _, _, g in keys):
+        keys = []  # failures only: nothing to compare along ``need_multi``
     multi_t1 = df.groupby("problem")["t1"].nunique().max() > 1
     return keys[:max_panels], multi_t1
 
 
-def _grid(plt, n, w=4.6, h=3.5):
-    ncols = min(3, n)
+def _grid(plt, n, h=PANEL_H, one_column=False):
+    """``n`` panels in at most two columns, the figure no wider than :data:`READ_WIDTH_PX` (constrained layout)."""
+    ncols = 1 if n == 1 or one_column else 2
     nrows = (n + ncols - 1) // ncols
-    width = max(w * ncols, 7.5)  # room for the legend and the title even with one panel
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width, h * nrows + 1.2), squeeze=False)
+    width = READ_WIDTH_PX / DPI if ncols == 2 or one_column else 7.5
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, h * nrows + 0.8), squeeze=False, layout="constrained")
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
+    fig._crossode_rows = (nrows, h)
     return fig, axes.ravel()[:n]
 
 
-def _legend(fig, axes):
-    handles, labels = {}, []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            is_line = getattr(h, "get_linestyle", lambda: "none")() not in ("none", "None", "")
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-            elif is_line and handles[lab].get_linestyle() in ("none", "None", ""):
-                handles[lab] = h  # prefer a line over a failure marker for the legend entry
+def _legend(fig, axes, title, handles=None, labels=None):
+    """One legend for the figure, at the top under the title (the title is the legend's), the figure grown to fit.
+
+    Without ``handles`` it collects the panels' labelled artists, a line preferred over a failure marker."""
+    if handles is None:
+        found, labels = {}, []
+        for ax in axes:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                is_line = getattr(h, "get_linestyle", lambda: "none")() not in ("none", "None", "")
+                if lab not in found:
+                    found[lab] = h
+                    labels.append(lab)
+                elif is_line and found[lab].get_linestyle() in ("none", "None", ""):
+                    found[lab] = h
+        handles = [found[lab] for lab in labels]
+    rows = 0
     if labels:
         longest = max(len(lab) for lab in labels)
-        ncol = max(1, min(len(labels), int(fig.get_figwidth() / (0.6 + 0.075 * longest))))
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
+        ncol = max(1, min(len(labels), int(fig.get_figwidth() / (0.7 + 0.075 * longest))))
         rows = (len(labels) + ncol - 1) // ncol
-        return (0.1 + 0.2 * rows) / fig.get_figheight()
-    return 0.02
-
-
-def _mark_failures(ax, fails, x_col, styles, y=0.96):
-    """Failed cells as x markers in a band at the top of the axes, with their status."""
-    if not any(x == x and x is not None and x > 0 for x in fails[x_col]):
-        return
-    # headroom: keep the data below the band
-    lo, hi = ax.get_ylim()
-    if ax.get_yscale() == "log" and lo > 0:
-        ax.set_ylim(lo, lo * (hi / lo) ** (1 / 0.86))
+        fig.legend(handles, labels, loc="outside upper center", ncol=ncol, frameon=False, title=title,
+                   title_fontsize=11)
     else:
-        ax.set_ylim(lo, lo + (hi - lo) / 0.86)
+        fig.suptitle(title, fontsize=11)
+    nrows, h = fig._crossode_rows
+    fig.set_figheight(nrows * h + 0.45 + 0.22 * rows)
+
+
+def _no_data_note(ax, g):
+    """Say in an empty panel why it is empty: every cell failed, with the statuses."""
+    counts = g["status"].value_counts()
+    text = "nothing to draw: no cell finished\n" + ", ".join(f"{n} × {STATUS_SHORT.get(s, s)}"
+                                                              for s, n in counts.items())
+    ax.text(0.5, 0.6, text, transform=ax.transAxes, ha="center", va="center", fontsize=9, color="0.3",
+            linespacing=1.5)
+
+
+def _pending(ax):
+    return ax.__dict__.setdefault("_crossode_labels", [])
+
+
+def _mark_failures(ax, fails, x_col, styles):
+    """Failed cells as x markers in a grey band at the top of the axes, their statuses as labels placed (after the
+    layout, :func:`_finish`) where they overlap no other text or marker. One label per method and status for
+    failures less than 8 % of the axis apart (``jax, torch: max steps``)."""
+    if fails.empty:
+        return
+    fails = fails[fails[x_col].map(lambda x: x is not None and x == x and x > 0).astype(bool)].sort_values(x_col)
+    if fails.empty:
+        return
+    lo, hi = ax.get_ylim()  # headroom: keep the data below the band
+    frac = 1 - (BAND[1] - BAND[0])
+    if ax.get_yscale() == "log" and lo > 0:
+        ax.set_ylim(lo, lo * (hi / lo) ** (1 / frac))
+    else:
+        ax.set_ylim(lo, lo + (hi - lo) / frac)
+    from matplotlib.patches import Rectangle
+
     tr = ax.get_xaxis_transform()
-    placed = []
-    n_fail = sum(1 for x in fails[x_col] if x is not None and x == x and x > 0)
-    fails = fails.sort_values(x_col)
+    y = (BAND[0] + BAND[1]) / 2
+    ax.add_patch(Rectangle((0, BAND[0]), 1, BAND[1] - BAND[0], transform=ax.transAxes, color="0.92", zorder=0,
+                           linewidth=0))
     for _, r in fails.iterrows():
-        x = r[x_col]
-        if x is None or x != x or x <= 0:
-            continue
-        st = styles(r["backend"], r["method"])
-        ax.plot([x], [y], marker="x", color=st["color"], markersize=8, mew=2, transform=tr, clip_on=False,
-                linestyle="none", label=f"{r['backend']} · {r['method']}")
-        # one label row per failure (labels run to the right, so nearby ones would overlap); many: a count only
-        k = len(placed)
-        placed.append(x)
-        if n_fail <= 6:
-            text = f"{r['backend']}: {STATUS_SHORT.get(r['status'], r['status'])}"
-            ax.annotate(text, (x, y), xycoords=tr, xytext=(4, -10 - 9 * k), textcoords="offset points",
-                        fontsize=7, color=st["color"])
-    if placed:
-        from matplotlib.patches import Rectangle
+        ax.plot([float(r[x_col])], [y], marker="x", color=styles(r["backend"], r["method"])["color"], markersize=8,
+                mew=2, transform=tr, clip_on=False, linestyle="none", label=f"{r['backend']} · {r['method']}")
+    lo, hi = ax.get_xlim()
+    near = (hi / lo) ** 0.08 if ax.get_xscale() == "log" and lo > 0 else None  # 8 % of the axis
+    groups: list[dict] = []
+    for _, r in fails.iterrows():
+        x, st = float(r[x_col]), styles(r["backend"], r["method"])
+        status = STATUS_SHORT.get(r["status"], r["status"])
+        g = next((g for g in groups if g["method"] == r["method"] and g["status"] == status
+                  and (x / g["x0"] < near if near else x - g["x0"] < 0.08 * (hi - lo))), None)
+        if g is None:
+            groups.append({"method": r["method"], "status": status, "x0": x, "xs": [x], "backends": [r["backend"]],
+                           "color": st["color"]})
+        else:
+            g["xs"].append(x)
+            if r["backend"] not in g["backends"]:
+                g["backends"].append(r["backend"])
+    if len(groups) > MAX_FAIL_LABELS:
+        _pending(ax).append({"band": True, "text": f"failed: {len(fails)} cells (see the failures table)"})
+        return
+    _pending(ax).append({"band": True, "text": "failed"})
+    for g in groups:
+        _pending(ax).append({"xys": [(x, y) for x in g["xs"]], "transform": tr, "radius_pt": 4.5, "color": g["color"],
+                             "text": f"{', '.join(sorted(g['backends']))}: {g['status']}"})
 
-        ax.add_patch(Rectangle((0, 0.92), 1, 0.08, transform=ax.transAxes, color="0.92", zorder=0, linewidth=0))
-        ax.text(0.01, 0.99, "failed" if n_fail <= 6 else f"failed: {n_fail} cells (see the failures table)",
-                transform=ax.transAxes, fontsize=7, va="top", color="0.35")
 
-
-def _plot_err(ax, x, err, label, style):
+def _plot_err(ax, x, err, label, style, backend=""):
     """A line of gradient errors, clipped to [ERR_FLOOR, ERR_CEIL]; points above the ceiling marked and labelled."""
     import numpy as np
 
@@ -317,14 +375,273 @@ def _plot_err(ax, x, err, label, style):
     err = np.asarray(err, float)
     y = np.clip(err, ERR_FLOOR, ERR_CEIL)  # inf -> ceiling; NaN stays a gap
     ax.plot(x, y, label=label, markersize=4, linewidth=1.2, **style)
-    placed = ax.__dict__.setdefault("_crossode_capped", [])
     for xi, ei in zip(x, err):
         if ei > ERR_CEIL:
             ax.plot([xi], [ERR_CEIL], marker="^", markersize=8, color=style["color"], linestyle="none")
-            k = sum(1 for p in placed if abs(math.log10(p) - math.log10(xi)) < 0.5)
-            placed.append(xi)
-            ax.annotate("inf" if not np.isfinite(ei) else f"{ei:.0e}", (xi, ERR_CEIL), xytext=(6, -3 - 9 * k),
-                        textcoords="offset points", fontsize=7, color=style["color"])
+            value = "inf" if not np.isfinite(ei) else f"{ei:.0e}".replace("e+", "e")
+            _pending(ax).append({"xys": [(xi, ERR_CEIL)], "transform": ax.transData, "radius_pt": 4.5,
+                                 "color": style["color"], "text": f"{backend} {value}".strip()})
+
+
+# --- log axes whose ticks read at any range
+
+
+def _nice_log_ticks(lo: float, hi: float, max_n: int = 6) -> list[float]:
+    """Tick values for a log axis over [lo, hi]: decades (every k-th when there are many), else 1-2-5 or 1-3 series,
+    else (less than a decade or so) evenly spaced round numbers; at least two values whenever lo < hi."""
+    if not (lo > 0 and hi > lo and math.isfinite(hi)):
+        return []
+
+    def inside(vals):
+        return sorted({v for v in vals if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)})
+
+    e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    decades = inside([float(f"1e{e}") for e in range(e0, e1 + 1)])
+    if len(decades) >= 3:
+        stride = math.ceil(len(decades) / max_n)
+        vals = inside([float(f"1e{e}") for e in range(e0, e1 + 1) if e % stride == 0])
+        return vals if len(vals) >= 2 else decades[::stride]
+    for subs, most in (((1, 2, 5), max_n - 1), ((1, 3), max_n)):  # the richer series when it is not crowded
+        vals = inside([float(f"{m}e{e}") for e in range(e0 - 1, e1 + 1) for m in subs])
+        if 3 <= len(vals) <= most:
+            return vals
+    from matplotlib.ticker import MaxNLocator
+
+    vals = inside([v for v in MaxNLocator(nbins=max_n - 1, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi) if v > 0])
+    return vals if len(vals) >= 2 else decades
+
+
+def _tick_texts(vals) -> list[str]:
+    """Plain numbers when every value is in [1e-3, 1e4), else powers of ten (``3×10⁻⁷`` in mathtext)."""
+    if all(1e-3 <= v < 1e4 for v in vals):
+        return [f"{v:.4g}" for v in vals]
+    out = []
+    for v in vals:
+        e = math.floor(math.log10(v) + 1e-9)
+        m = float(f"{v / 10 ** e:.3g}")
+        out.append(f"$10^{{{e}}}$" if m == 1 else f"${m:g}\\times10^{{{e}}}$")
+    return out
+
+
+def _log_axis(ax, which: str, values=None):
+    """Log scale on ``which`` ('x' or 'y') with ticks from :func:`_nice_log_ticks` (or ``values``), minor ticks
+    unlabelled; :func:`_finish` thins the labels if they still overlap at the final size."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, LogLocator, NullFormatter
+
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    if axis.get_scale() != "log":
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    vals = list(values) if values is not None else _nice_log_ticks(lo, hi)
+    if not vals:
+        return
+    axis.set_major_locator(FixedLocator(vals))
+    axis.set_major_formatter(FixedFormatter(_tick_texts(vals)))
+    axis.set_minor_locator(LogLocator(subs="auto"))
+    axis.set_minor_formatter(NullFormatter())
+    ax.__dict__.setdefault("_crossode_ticks", {})[which] = vals
+
+
+def _overlaps(a, b, pad=1.0) -> bool:
+    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+
+
+def _thin_ticks(ax, renderer) -> bool:
+    """Keep every other tick label of an axis set by :func:`_log_axis` whose labels overlap; True if it changed."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator
+
+    changed = False
+    for which, vals in list(ax.__dict__.get("_crossode_ticks", {}).items()):
+        axis = ax.xaxis if which == "x" else ax.yaxis
+        labels = [t for t in axis.get_majorticklabels() if t.get_visible() and t.get_text()]
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0 if which == "x" else b.y0)
+        if len(vals) > 2 and any(_overlaps(a, b, pad=3) for a, b in zip(boxes, boxes[1:])):
+            texts = [t for t in axis.get_major_formatter().seq]
+            keep = list(range(0, len(vals), 2))
+            vals = [vals[i] for i in keep]
+            axis.set_major_locator(FixedLocator(vals))
+            axis.set_major_formatter(FixedFormatter([texts[i] for i in keep]))
+            ax._crossode_ticks[which] = vals
+            changed = True
+    return changed
+
+
+# --- labels placed where they overlap nothing
+
+
+def _obstacles(ax, renderer) -> dict[str, list]:
+    """Window extents that a label must not cover: ``texts``, ``markers`` and points along the ``lines`` of ``ax``."""
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    texts = [t.get_window_extent(renderer) for t in ax.texts if t.get_visible() and t.get_text()]
+    boxes, along = [], []
+    px = ax.figure.dpi / 72
+    for line in ax.lines:
+        if not line.get_visible():
+            continue
+        xy = line.get_transform().transform(np.asarray(line.get_xydata(), float))
+        xy = xy[np.isfinite(xy).all(axis=1)]
+        if line.get_marker() not in (None, "", "None", "none", " "):
+            r = line.get_markersize() * px / 2 + 1
+            boxes += [Bbox([[x - r, y - r], [x + r, y + r]]) for x, y in xy]
+        if line.get_linestyle() not in ("None", "none", "", " ") and len(xy) > 1:
+            for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+                n = max(1, int(math.hypot(x1 - x0, y1 - y0) / 4))
+                for s in np.linspace(0, 1, n + 1):
+                    x, y = x0 + s * (x1 - x0), y0 + s * (y1 - y0)
+                    along.append(Bbox([[x - 1.5, y - 1.5], [x + 1.5, y + 1.5]]))
+    return {"texts": texts, "markers": boxes, "lines": along, "leaders": []}
+
+
+def _leader_points(b, xa, ya, skip_r=0.0):
+    """Points every ~3 px along the leader from the anchor (xa, ya) to the centre of label box ``b``, outside both."""
+    cx, cy = (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2
+    n = max(2, int(math.hypot(cx - xa, cy - ya) / 3))
+    pts = ((xa + k / n * (cx - xa), ya + k / n * (cy - ya)) for k in range(n + 1))
+    return [(x, y) for x, y in pts if math.hypot(x - xa, y - ya) > skip_r and not b.contains(x, y)]
+
+
+def _choose(ax, renderer, item, obstacles, frame):
+    """The free spot nearest one of a pending label's anchors, as ``(tier, distance, box, xa, ya, leader)``.
+
+    Tiers, best first: 0 covers no text, marker, line or leader line and its own leader crosses no text or marker;
+    1 the same over data lines; 2 covers no text or marker, its leader crossing no text; 3 the nearest spot inside
+    the axes whatever it covers. None when there is no spot at all (the band's own label when the band is full)."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    probe = fig.text(0, 0, item["text"], fontsize=SMALL_PT)
+    box = probe.get_window_extent(renderer)
+    w, h = box.width, box.height
+    probe.remove()
+    band = item.get("band")
+    spots = []  # (x0, y0 of the label box, anchor x, anchor y)
+    if band:  # the band's own label: anywhere along the band
+        ya = frame.y0 + (BAND[0] + BAND[1]) / 2 * frame.height
+        r = 0.0
+        spots = [(frame.x0 + 3 + k * 4, ya - h / 2, frame.x0, ya) for k in range(int((frame.width - w - 6) / 4) + 1)]
+    else:
+        r = item["radius_pt"] * fig.dpi / 72 + 2
+        for xa, ya in item["transform"].transform(item["xys"]):
+            for row in range(-4, int(frame.height / (h + 2)) + 1):
+                y0 = ya - h / 2 - row * (h + 2)
+                for k in range(0, 9):
+                    spots += [(xa + r + k * w / 2, y0, xa, ya), (xa - r - w - k * w / 2, y0, xa, ya)]
+                spots.append((xa - w / 2, y0, xa, ya))
+        spots.sort(key=lambda s: math.hypot(s[0] + w / 2 - s[2], s[1] + h / 2 - s[3]))
+    spots = [(Bbox([[x, y], [x + w, y + h]]), xa, ya) for x, y, xa, ya in spots]
+    spots = [s for s in spots if s[0].x0 >= frame.x0 + 2 and s[0].x1 <= frame.x1 - 2 and s[0].y0 >= frame.y0 + 2
+             and s[0].y1 <= frame.y1 - 1]
+    if not spots:
+        return None
+
+    def dist(spot):
+        b, xa, ya = spot
+        return math.hypot((b.x0 + b.x1) / 2 - xa, (b.y0 + b.y1) / 2 - ya)
+
+    def far(spot):
+        return not band and dist(spot) > r + w / 2 + h
+
+    def leader_free(spot, against):
+        return not far(spot) or not any(o.contains(x, y) for x, y in _leader_points(*spot, skip_r=r)
+                                         for o in against)
+
+    texts, hard = obstacles["texts"], obstacles["texts"] + obstacles["markers"]
+    tiers = ((hard + obstacles["lines"] + obstacles["leaders"], hard), (hard + obstacles["leaders"], hard),
+             (hard, texts))
+    for tier, (covers, crosses) in enumerate(tiers):
+        spot = next((s for s in spots if not any(_overlaps(s[0], o) for o in covers) and leader_free(s, crosses)),
+                    None)
+        if spot is not None:
+            return (tier, dist(spot), *spot, far(spot), r)
+    return None if band else (3, dist(spots[0]), *spots[0], far(spots[0]), r)
+
+
+def _layout_labels(ax, renderer, items):
+    """Place the pending labels of ``ax``: greedily (the band's label first, then the anchors nearest an edge,
+    which have least room), retried with each badly placed label moved to the front; the best arrangement wins."""
+    from matplotlib.transforms import Bbox
+
+    frame = ax.get_window_extent(renderer)
+    base = _obstacles(ax, renderer)
+
+    def room(item):
+        if item.get("band"):
+            return -1.0
+        xs = item["transform"].transform(item["xys"])[:, 0]
+        return min(min(xs) - frame.x0, frame.x1 - max(xs))
+
+    def attempt(order):
+        obstacles = {k: list(v) for k, v in base.items()}
+        placed, score = [], 0.0
+        for item in order:
+            got = _choose(ax, renderer, item, obstacles, frame)
+            placed.append((item, got))
+            if got is None:
+                score += 4e6
+                continue
+            tier, d, b, xa, ya, far, r = got
+            score += tier * 1e6 + d
+            obstacles["texts"].append(b)
+            if far:  # later labels keep off this leader line
+                obstacles["leaders"] += [Bbox([[x - 1, y - 1], [x + 1, y + 1]]) for x, y in _leader_points(b, xa, ya)]
+        return score, placed
+
+    order = sorted(items, key=room)
+    best = attempt(order)
+    tried = {id(order[0])}
+    for _ in range(6):
+        worst = max((p for p in best[1] if not p[0].get("band")), key=lambda p: 5 if p[1] is None else p[1][0],
+                    default=None)
+        if worst is None or (worst[1] is not None and worst[1][0] == 0) or id(worst[0]) in tried:
+            break
+        tried.add(id(worst[0]))
+        order = [worst[0]] + [i for i in order if i is not worst[0]]
+        got = attempt(order)
+        if got[0] < best[0]:
+            best = got
+    fig = ax.figure
+    to_frac = fig.transFigure.inverted().transform
+    for item, got in best[1]:
+        if got is None:
+            continue  # no room: the grey band and the x markers speak for themselves, the tables have the rest
+        _, _, b, xa, ya, far, r = got
+        color = item.get("color", "0.35")
+        ann = ax.annotate(item["text"], xy=to_frac((xa, ya)), xycoords="figure fraction",
+                          xytext=to_frac((b.x0, b.y0)), textcoords="figure fraction", ha="left", va="bottom",
+                          fontsize=SMALL_PT, color=color, annotation_clip=False,
+                          arrowprops=dict(arrowstyle="-", color=color, lw=0.6, shrinkA=0, shrinkB=r * 72 / fig.dpi)
+                          if far else None)
+        ann.set_in_layout(False)
+
+
+def _finish(fig):
+    """After the layout: thin overlapping tick labels, then place the pending labels of every panel."""
+    fig.draw_without_rendering()  # runs the layout; no pixels
+    renderer = fig.canvas.get_renderer()
+    for _ in range(4):
+        if not any([_thin_ticks(ax, renderer) for ax in fig.axes]):
+            break
+        fig.draw_without_rendering()
+    fig.set_layout_engine("none")  # freeze the layout: labels are placed in figure coordinates
+    for ax in fig.axes:
+        items = ax.__dict__.get("_crossode_labels", [])
+        if items:
+            _layout_labels(ax, renderer, items)
+    return fig
+
+
+def _save(fig, path):
+    """Finish and write ``fig`` to ``path`` (and close it); without a path return the finished figure."""
+    _finish(fig)
+    if path is None:
+        return fig
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
 
 
 def _title(problem, t1, multi_t1):
@@ -335,8 +652,10 @@ def _median_by(df, keys, cols):
     return df.groupby(keys, dropna=False, sort=False)[cols].median().reset_index()
 
 
-def fig_work_precision(df, path, styles) -> str | None:
-    """Gradient error vs gradient time (log-log), a line per backend x method through its tolerances/steps."""
+def fig_work_precision(df, path, styles):
+    """Gradient error vs gradient time (log-log), a line per backend x method through its tolerances/steps.
+
+    Returns ``path`` (or the figure when ``path`` is None), None when nothing finished."""
     plt = _plt()
     ok_all = df[(df["status"].isin(HAS_NUMBERS)) & df["grad_error"].notna() & df["time_gradient_s"].notna()]
     if ok_all.empty:
@@ -351,26 +670,26 @@ def fig_work_precision(df, path, styles) -> str | None:
         for (b, m), s in med.groupby(["backend", "method"], sort=True):
             # connect tolerances (or steps) in order, loosest first, as work-precision diagrams do
             s = s.assign(_k=s["rtol"].fillna(s["dt"])).sort_values("_k", ascending=False)
-            _plot_err(ax, s["time_gradient_s"], s["grad_error"], f"{b} · {m}", styles(b, m))
+            _plot_err(ax, s["time_gradient_s"], s["grad_error"], f"{b} · {m}", styles(b, m), backend=b)
         fails = g[g["failed"]].copy()
         fails["x"] = fails["time_gradient_s"].fillna(fails["tags"].map(lambda t: (t or {}).get("worker_wall_s")))
         ax.set_xscale("log")
         ax.set_yscale("log")
-        if ok.empty:  # every cell failed: give the band an axis to sit on
-            ax.set_ylim(1e-10, 1.0)
         _mark_failures(ax, fails, "x", styles)
+        _log_axis(ax, "x")
+        _log_axis(ax, "y")
+        if ok.empty:  # every cell failed: no error axis to read, say why the panel is empty
+            ax.set_yticks([], [])
+            ax.minorticks_off()
+            _no_data_note(ax, g)
         ax.set_title(_title(problem, t1, multi_t1))
         ax.set_xlabel("gradient time [s] (median)")
         ax.set_ylabel("gradient rel. L2 error")
-    bottom = _legend(fig, axes)
-    fig.suptitle("Work-precision: gradient error vs time (lower left is better)", fontsize=11)
-    fig.tight_layout(rect=(0, bottom, 1, 0.97))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    _legend(fig, axes, "Work-precision: gradient error vs time (lower left is better)")
+    return _save(fig, path)
 
 
-def fig_error_vs(df, x: str, path, styles) -> str | None:
+def fig_error_vs(df, x: str, path, styles):
     """Gradient error vs ``x`` ('rtol' or 'dt'), with the line error = x for orientation."""
     plt = _plt()
     d = df[df[x].notna()]
@@ -383,27 +702,27 @@ def fig_error_vs(df, x: str, path, styles) -> str | None:
         med = _median_by(ok, ["backend", "method", x], ["grad_error"])
         for (b, m), s in med.groupby(["backend", "method"], sort=True):
             s = s.sort_values(x)
-            _plot_err(ax, s[x], s["grad_error"], f"{b} · {m}", styles(b, m))
+            _plot_err(ax, s[x], s["grad_error"], f"{b} · {m}", styles(b, m), backend=b)
         xs = sorted(g[x].unique())
         ax.plot(xs, xs, color="0.6", linewidth=0.8, linestyle=(0, (4, 3)), label=f"error = {x}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _mark_failures(ax, g[g["failed"]], x, styles)
+        _log_axis(ax, "x", values=xs if len(xs) <= 7 else None)  # the swept values themselves
+        _log_axis(ax, "y")
+        if ok.empty:
+            _no_data_note(ax, g)
         ax.set_title(_title(problem, t1, multi_t1))
         ax.set_xlabel(x if x == "rtol" else "fixed step dt")
         ax.set_ylabel("gradient rel. L2 error")
-    bottom = _legend(fig, axes)
     what = "tolerance (rtol)" if x == "rtol" else "fixed step size"
-    fig.suptitle(f"Gradient error vs {what}", fontsize=11)
-    fig.tight_layout(rect=(0, bottom, 1, 0.97))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    _legend(fig, axes, f"Gradient error vs {what}")
+    return _save(fig, path)
 
 
-def fig_memory_vs_length(df, path, styles) -> str | None:
+def fig_memory_vs_length(df, path, styles):
     """Peak memory vs integration length t1 (log-log), a panel per problem and step."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import NullLocator
 
     plt = _plt()
     d = df[df["t1"].notna()]
@@ -414,7 +733,8 @@ def fig_memory_vs_length(df, path, styles) -> str | None:
             panels.append((problem, step, g))
     if not panels:
         return None
-    fig, axes = _grid(plt, len(panels[:12]))
+    panels = panels[:12]
+    fig, axes = _grid(plt, len(panels))
     kinds = set()
     for ax, (problem, step, g) in zip(axes, panels):
         ok = g[(g["status"].isin(HAS_NUMBERS)) & g["peak_memory_bytes"].notna()]
@@ -426,21 +746,16 @@ def fig_memory_vs_length(df, path, styles) -> str | None:
                     linewidth=1.4, **styles(b, m))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
-        ts = sorted(g["t1"].unique())
-        ax.set_xticks(ts, [f"{t:g}" for t in ts])
         _mark_failures(ax, g[g["failed"]], "t1", styles)
+        _log_axis(ax, "x", values=sorted(g["t1"].unique()))
+        ax.xaxis.set_minor_locator(NullLocator())
+        _log_axis(ax, "y")
         ax.set_title(f"{problem}, {step}")
         ax.set_xlabel("integration length t1")
         ax.set_ylabel("peak memory [MB]")
-    bottom = _legend(fig, axes)
     kind = ", ".join(sorted(kinds)) or "unknown"
-    fig.suptitle(f"Peak memory of one gradient vs integration length ({kind})", fontsize=11)
-    fig.tight_layout(rect=(0, bottom, 1, 0.97))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    _legend(fig, axes, f"Peak memory of one gradient vs integration length ({kind})")
+    return _save(fig, path)
 
 
 def _mode(series):
@@ -448,9 +763,10 @@ def _mode(series):
     return vc.index[0] if len(vc) else None
 
 
-def fig_nfe(df, path, styles) -> str | None:
-    """Forward (solid) and backward (hatched) NFE per backend x method at each problem's most common setting."""
-    import numpy as np
+def fig_nfe(df, path, styles):
+    """Forward (solid) and backward (hatched) NFE per backend x method at each problem's most common setting, on a
+    log scale with each bar's count above it; failed cells are named in their slot."""
+    from matplotlib.patches import Patch
 
     plt = _plt()
     ran = df[~df["not_run"]]
@@ -467,49 +783,54 @@ def fig_nfe(df, path, styles) -> str | None:
     if not panels:
         return None
     panels = panels[:12]
-    width_per = max(2.6, 0.5 * max(len(p[3]) for p in panels))
-    fig, axes = _grid(plt, len(panels), w=max(4.6, width_per), h=3.6)
+    fig, axes = _grid(plt, len(panels), h=3.9, one_column=max(len(p[3]) for p in panels) > 7)
     for ax, (problem, t1, step, g) in zip(axes, panels):
-        x = np.arange(len(g))
-        top = float(np.nanmax(np.concatenate([g["nfe_forward"].to_numpy(float), g["nfe_backward"].to_numpy(float),
-                                              [1.0]])))
+        label_at = ax.get_xaxis_transform()  # x in data, y as a fraction of the axes
+        heights = []
+        ax.set_yscale("log")
         for i, (_, r) in enumerate(g.iterrows()):
             st = styles(r["backend"], r["method"])
-            # x in data coordinates, y as a fraction of the axes: labels stay inside whatever the bar heights
-            label_at = ax.get_xaxis_transform()
             if r["status"] not in HAS_NUMBERS:
                 ax.text(i, 0.03, STATUS_SHORT.get(r["status"], r["status"]), rotation=90, ha="center",
-                        va="bottom", fontsize=7, color="firebrick", transform=label_at)
+                        va="bottom", fontsize=SMALL_PT, color="firebrick", transform=label_at)
                 continue
-            if r["status"] != "ok":  # finished with numbers (e.g. inaccurate): draw the bars, flag the status
-                ax.text(i, 0.97, STATUS_SHORT.get(r["status"], r["status"]), rotation=90, ha="center",
-                        va="top", fontsize=7, color="firebrick", transform=label_at)
-            f, b = r["nfe_forward"], r["nfe_backward"]
-            if f == f:
-                ax.bar(i - 0.2, f, width=0.4, color=st["color"], edgecolor="black", linewidth=0.4)
-            if b == b:
-                ax.bar(i + 0.2, b, width=0.4, color=st["color"], alpha=0.55, hatch="///", edgecolor="black",
-                       linewidth=0.4)
-            if f != f and b != b:
-                ax.text(i, 0.03, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4",
+            drawn = False
+            for off, v, kw in ((-0.2, r["nfe_forward"], {}), (0.2, r["nfe_backward"], {"alpha": 0.55,
+                                                                                      "hatch": "///"})):
+                if v == v and v is not None and v > 0:
+                    ax.bar(i + off, v, width=0.4, color=st["color"], edgecolor="black", linewidth=0.4, **kw)
+                    ax.annotate(f"{int(v)}", (i + off, v), xytext=(0, 2), textcoords="offset points", rotation=90,
+                                ha="center", va="bottom", fontsize=SMALL_PT - 0.5)
+                    heights.append(v)
+                    drawn = True
+            if not drawn:
+                ax.text(i, 0.03, "n/a", rotation=90, ha="center", va="bottom", fontsize=SMALL_PT, color="0.4",
                         transform=label_at)
-        ax.set_xticks(x, [f"{r['backend']}\n{r['method']}" for _, r in g.iterrows()], rotation=35, ha="right",
-                      fontsize=7, rotation_mode="anchor")
+        names = []
+        for _, r in g.iterrows():
+            flag = f"\n({STATUS_SHORT.get(r['status'], r['status'])})" if r["status"] in HAS_NUMBERS[1:] else ""
+            names.append(f"{r['backend']}\n{r['method']}{flag}")
+        ax.set_xticks(range(len(g)), names, rotation=35, ha="right", fontsize=7.5, rotation_mode="anchor")
+        for tick, (_, r) in zip(ax.get_xticklabels(), g.iterrows()):
+            if r["status"] != "ok":
+                tick.set_color("firebrick")
         ax.set_xlim(-0.6, len(g) - 0.4)
-        ax.set_ylim(0, top * 1.08)
-        ax.set_ylabel("function evaluations")
+        if heights:
+            ax.set_ylim(0.8, max(heights) * 25)  # room above the tallest bar for its count
+            _log_axis(ax, "y")
+        else:
+            ax.set_ylim(1, 10)
+            ax.set_yticks([], [])
+            ax.minorticks_off()
+            _no_data_note(ax, g)
+        ax.set_ylabel("function evaluations (log)")
         ax.set_title(f"{problem} ({step}" + (f", t1={t1:g})" if t1 is not None else ")"))
         ax.grid(axis="x", visible=False)
-    from matplotlib.patches import Patch
-
-    fig.legend([Patch(facecolor="0.6", edgecolor="black"), Patch(facecolor="0.6", alpha=0.55, hatch="///",
-                                                                 edgecolor="black")],
-               ["forward NFE", "backward NFE"], loc="lower center", ncol=2, frameon=False)
-    fig.suptitle("Function evaluations per gradient (forward | backward)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.5)  # rotated tick labels need room above the next row
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    _legend(fig, axes, "Function evaluations per gradient (forward | backward)",
+            handles=[Patch(facecolor="0.6", edgecolor="black"),
+                     Patch(facecolor="0.6", alpha=0.55, hatch="///", edgecolor="black")],
+            labels=["forward NFE", "backward NFE"])
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -24,7 +24,8 @@ Semantics kept identical to the other crossode backends:
 
 - loss on the saved states `Y = Array(sol)` (`(n_state, n_save)`): `"sum_squares"` is `sum(abs2, Y) / 2`,
   `"linear"` is `sum(W .* Y)` with `W` of the same shape (Python passes the transpose of its `(n_save, n_state)`
-  weights), `"mse"` is `sum(abs2, Y .- D) / 2` with the data targets `D` of the same shape (wrapped in `Targets`);
+  weights), `"mse"` is `sum(abs2, Y .- D) / 2` with the data targets `D` of the same shape (wrapped in `Targets`),
+  `"cnf_nll"` the continuous normalizing flow's negative log-likelihood on the last save (`CNFNLL`, `cnf_dims = d`);
 - batches: a batched problem's `(batch, n)` state arrives flattened row-major as one vector of length `batch * n`
   (the generated field reshapes it), so the batch is one solve with the error norm over all its entries;
 - saves: exactly at `saveat` (`save_start`/`save_end` passed explicitly, so `sol.t == saveat` for every sensealg;
@@ -346,7 +347,7 @@ end
     Cell
 
 Everything one crossode cell needs: problem (with the counted field), algorithm, sensealg, solve keywords,
-loss weights (`nothing` for the sum of squares, `Targets` for mse), number of saved times and parameters, the crossode name of the
+loss weights (`nothing` for the sum of squares, `Targets` for mse, `CNFNLL` for cnf_nll), number of saved times and parameters, the crossode name of the
 VJP that runs and the call counter.
 """
 struct Cell{P, A, S, K, W}
@@ -403,7 +404,7 @@ end
           dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = nothing, maxiters = 100_000,
           save_start = nothing, save_end = nothing, controller = "default", internalnorm = "default",
           isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-6, quad_reltol = 1e-3,
-          loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu",
+          loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu",
           dtype = "float64") -> Cell
 
 Keywords that are `nothing` are not passed to `solve` (OrdinaryDiffEq's defaults apply: `abstol = 1e-6`,
@@ -412,7 +413,8 @@ Keywords that are `nothing` are not passed to `solve` (OrdinaryDiffEq's defaults
 `CrossODEController()`, `internalnorm = "primal"` `primal_norm`, `isoutofdomain = "nonfinite"` `nonfinite_state`.
 `null_parameters = true` (an empty `p` only) passes `SciMLBase.NullParameters()`: `ForwardDiffSensitivity` seeds
 `length(p)`-sized chunks and divides by zero on an empty vector (`src/concrete_solve.jl`). `weights` (linear loss)
-and `targets` (mse loss) have shape `(n_state, n_save)` (Julia's layout). Arrays may be any `AbstractArray` (juliacall passes NumPy arrays as zero-copy
+and `targets` (mse loss) have shape `(n_state, n_save)` (Julia's layout); `cnf_dims` is the sample dimension `d`
+of a `"cnf_nll"` loss (each sample's state is `[x; logp]`, `d + 1` entries). Arrays may be any `AbstractArray` (juliacall passes NumPy arrays as zero-copy
 `PyArray`s); they are copied into `Vector{T}`/`Matrix{T}` here.
 """
 function build(; src::AbstractString, iip::Bool, u0, p, t0::Real, t1::Real, saveat, alg::AbstractString,
@@ -423,11 +425,12 @@ function build(; src::AbstractString, iip::Bool, u0, p, t0::Real, t1::Real, save
         controller::AbstractString = "default", internalnorm::AbstractString = "default",
         isoutofdomain::AbstractString = "default", null_parameters::Bool = false, quad_abstol::Real = 1.0e-6,
         quad_reltol::Real = 1.0e-3, loss_kind::AbstractString = "sum_squares", weights = nothing,
-        targets = nothing, device::AbstractString = "cpu", dtype::AbstractString = "float64")
+        targets = nothing, cnf_dims::Integer = 0, device::AbstractString = "cpu", dtype::AbstractString = "float64")
     fns = load_rhs(src)
     opts = (; iip, u0, p, t0, t1, saveat, alg, sensealg, vjp, checkpointing, alg_autodiff, adaptive, abstol,
         reltol, dt, dt0, dtmin, dtmax, tstops, maxiters, save_start, save_end, controller, internalnorm,
-        isoutofdomain, null_parameters, quad_abstol, quad_reltol, loss_kind, weights, targets, device, dtype)
+        isoutofdomain, null_parameters, quad_abstol, quad_reltol, loss_kind, weights, targets, cnf_dims, device,
+        dtype)
     return Base.invokelatest(_assemble, fns, opts)
 end
 
@@ -466,8 +469,12 @@ function _assemble(fns, o)
         size(data) == (length(u0), nsave) ||
             throw(DimensionMismatch("targets must be (n_state, n_save) = ($(length(u0)), $nsave); got $(size(data))"))
         weights = Targets(data)
+    elseif o.loss_kind == "cnf_nll"
+        (o.cnf_dims >= 1 && length(u0) % (o.cnf_dims + 1) == 0) ||
+            throw(ArgumentError("cnf_nll needs cnf_dims = d >= 1 with length(u0) a multiple of d + 1; got cnf_dims = $(o.cnf_dims), length(u0) = $(length(u0))"))
+        weights = CNFNLL(Int(o.cnf_dims), length(u0) ÷ (o.cnf_dims + 1))
     else
-        throw(ArgumentError("loss_kind must be \"sum_squares\", \"linear\" or \"mse\"; got $(repr(o.loss_kind))"))
+        throw(ArgumentError("loss_kind must be \"sum_squares\", \"linear\", \"mse\" or \"cnf_nll\"; got $(repr(o.loss_kind))"))
     end
     name = _is_adjoint(o.sensealg) ? vjp_name(vjp) : "none"
     return Cell(prob, make_alg(o.alg, o.alg_autodiff), sensealg, kwargs, weights, nsave, length(o.p), name, calls)
@@ -497,7 +504,20 @@ struct Targets{M <: AbstractMatrix}
     data::M
 end
 
+"""
+    CNFNLL(dims, batch)
+
+The `"cnf_nll"` loss of a continuous normalizing flow: `batch` samples with state `[x; logp]` (`dims + 1` entries
+each, sample after sample in the state vector), on the last saved state `[z; logp(t1)]`:
+`dims / 2 * log(2pi) + (sum(abs2, z) / 2 + sum(logp)) / batch` (crossode's `Loss.apply` for `kind = "cnf_nll"`).
+"""
+struct CNFNLL
+    dims::Int
+    batch::Int
+end
+
 _match(Y, ::Nothing) = nothing
+_match(Y, C::CNFNLL) = C
 _match(Y::Array, W::Array) = W
 _match(Y, W) = copyto!(similar(Y, eltype(W), size(W)), W)  # weights onto the device of Y
 _match(Y, D::Targets) = Targets(_match(Y, D.data))
@@ -505,6 +525,14 @@ _match(Y, D::Targets) = Targets(_match(Y, D.data))
 _loss(Y, ::Nothing) = sum(abs2, Y) / 2
 _loss(Y, W) = sum(W .* Y)
 _loss(Y, D::Targets) = sum(abs2, Y .- D.data) / 2
+
+function _loss(Y, C::CNFNLL)
+    T = eltype(Y)
+    M = reshape(Y[:, end], C.dims + 1, C.batch)  # column b = sample b at the last save
+    Z = M[1:C.dims, :]
+    L = M[C.dims + 1, :]
+    return T(C.dims) / 2 * log(2 * T(pi)) + (sum(abs2, Z) / 2 + sum(L)) / C.batch
+end
 
 # With save_start/save_end passed explicitly, every sensealg returns exactly the save times; fewer means the
 # solve stopped early (a failed return code).

@@ -147,6 +147,42 @@ let
 end
 """,
     "src8" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-5-4-2 tanh, time input, 54 parameters, float64, batch of 3
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 3)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:15], 3, 5)  # column i = row i of W1 (5, 3)
+        W1 = transpose(R1[1:2, :])  # (5, 2): the state columns
+        w1t = R1[3, :]  # (5,): the time column
+        b1 = p[16:20]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = tanh.(z1)
+        s1 = one(eltype(h1)) .- h1 .* h1  # s'(z1)
+        W2 = transpose(reshape(p[21:40], 5, 4))  # (4, 5) row-major
+        b2 = p[41:44]
+        z2 = W2 * h1 .+ b2
+        h2 = tanh.(z2)
+        s2 = one(eltype(h2)) .- h2 .* h2  # s'(z2)
+        W3 = transpose(reshape(p[45:52], 4, 2))  # (2, 4) row-major
+        b3 = p[53:54]
+        z3 = W3 * h2 .+ b3
+        v1_1 = s1 .* W1[:, 1]
+        v2_1 = s2 .* (W2 * v1_1)
+        v1_2 = s1 .* W1[:, 2]
+        v2_2 = s2 .* (W2 * v1_2)
+        tr = zero(X[1:1, :]) .+ (W3 * v2_1)[1:1, :] .+ (W3 * v2_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z3, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src9" => raw"""
 # crossode generated vector field: symbolic, 1 states, 1 parameters, float64
 # states: u[1] = y
 # parameters: p[1] = k
@@ -163,7 +199,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src9" => raw"""
+    "src10" => raw"""
 # crossode generated vector field: symbolic, 2 states, 4 parameters, float64
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = a, p[2] = b, p[3] = c, p[4] = d
@@ -182,7 +218,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src10" => raw"""
+    "src11" => raw"""
 # crossode generated vector field: symbolic, 2 states, 4 parameters, float64
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = a11, p[2] = a12, p[3] = a21, p[4] = a22
@@ -201,7 +237,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src11" => raw"""
+    "src12" => raw"""
 # crossode generated vector field: symbolic, 1 states, 0 parameters, float64
 # states: u[1] = y
 # parameters: none
@@ -218,7 +254,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src12" => raw"""
+    "src13" => raw"""
 # crossode generated vector field: symbolic, 2 states, 1 parameters, float64
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = k
@@ -237,7 +273,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src13" => raw"""
+    "src14" => raw"""
 # crossode generated vector field: MLP 2-5-4-2 tanh, 49 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -261,7 +297,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src14" => raw"""
+    "src15" => raw"""
 # crossode generated vector field: MLP 3-4-3 softplus, 31 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -281,7 +317,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src15" => raw"""
+    "src16" => raw"""
 # crossode generated vector field: MLP 2-3-2 relu, 17 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -301,7 +337,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src16" => raw"""
+    "src17" => raw"""
 # crossode generated vector field: MLP 2-3-2 sigmoid, 17 parameters, float64
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -321,7 +357,156 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src17" => raw"""
+    "src18" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-5-4-2 tanh, time input, 54 parameters, float64
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:15], 3, 5)  # column i = row i of W1 (5, 3)
+        W1 = transpose(R1[1:2, :])  # (5, 2): the state columns
+        w1t = R1[3, :]  # (5,): the time column
+        b1 = p[16:20]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = tanh.(z1)
+        s1 = one(eltype(h1)) .- h1 .* h1  # s'(z1)
+        W2 = transpose(reshape(p[21:40], 5, 4))  # (4, 5) row-major
+        b2 = p[41:44]
+        z2 = W2 * h1 .+ b2
+        h2 = tanh.(z2)
+        s2 = one(eltype(h2)) .- h2 .* h2  # s'(z2)
+        W3 = transpose(reshape(p[45:52], 4, 2))  # (2, 4) row-major
+        b3 = p[53:54]
+        z3 = W3 * h2 .+ b3
+        v1_1 = s1 .* W1[:, 1]
+        v2_1 = s2 .* (W2 * v1_1)
+        v1_2 = s1 .* W1[:, 2]
+        v2_2 = s2 .* (W2 * v1_2)
+        tr = zero(X[1:1, :]) .+ (W3 * v2_1)[1:1, :] .+ (W3 * v2_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z3, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src19" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-4-2 softplus, time input, 26 parameters, float64
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:12], 3, 4)  # column i = row i of W1 (4, 3)
+        W1 = transpose(R1[1:2, :])  # (4, 2): the state columns
+        w1t = R1[3, :]  # (4,): the time column
+        b1 = p[13:16]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = log1p.(exp.(-abs.(z1))) .+ max.(z1, zero(eltype(z1)))
+        s1 = inv.(one(eltype(z1)) .+ exp.(-z1))  # s'(z1)
+        W2 = transpose(reshape(p[17:24], 4, 2))  # (2, 4) row-major
+        b2 = p[25:26]
+        z2 = W2 * h1 .+ b2
+        v1_1 = s1 .* W1[:, 1]
+        v1_2 = s1 .* W1[:, 2]
+        tr = zero(X[1:1, :]) .+ (W2 * v1_1)[1:1, :] .+ (W2 * v1_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z2, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src20" => raw"""
+# crossode generated vector field: CNF in R^3, state [x; logp], MLP 3-4-3 sigmoid, 31 parameters, float64
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 4, 1)  # column b = sample b: [x; logp]
+        X = U[1:3, :]
+        W1 = transpose(reshape(p[1:12], 3, 4))  # (4, 3) row-major
+        b1 = p[13:16]
+        z1 = W1 * X .+ b1
+        h1 = inv.(one(eltype(z1)) .+ exp.(-z1))
+        s1 = h1 .* (one(eltype(h1)) .- h1)  # s'(z1)
+        W2 = transpose(reshape(p[17:28], 4, 3))  # (3, 4) row-major
+        b2 = p[29:31]
+        z2 = W2 * h1 .+ b2
+        v1_1 = s1 .* W1[:, 1]
+        v1_2 = s1 .* W1[:, 2]
+        v1_3 = s1 .* W1[:, 3]
+        tr = zero(X[1:1, :]) .+ (W2 * v1_1)[1:1, :] .+ (W2 * v1_2)[2:2, :] .+ (W2 * v1_3)[3:3, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z2, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src21" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-2 identity, time input, 8 parameters, float64
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:6], 3, 2)  # column i = row i of W1 (2, 3)
+        W1 = transpose(R1[1:2, :])  # (2, 2): the state columns
+        w1t = R1[3, :]  # (2,): the time column
+        b1 = p[7:8]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        tr = zero(X[1:1, :]) .+ W1[:, 1][1:1, :] .+ W1[:, 2][2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z1, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src22" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-3-3-2 identity, time input, 32 parameters, float64
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:9], 3, 3)  # column i = row i of W1 (3, 3)
+        W1 = transpose(R1[1:2, :])  # (3, 2): the state columns
+        w1t = R1[3, :]  # (3,): the time column
+        b1 = p[10:12]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = z1
+        W2 = transpose(reshape(p[13:21], 3, 3))  # (3, 3) row-major
+        b2 = p[22:24]
+        z2 = W2 * h1 .+ b2
+        h2 = z2
+        W3 = transpose(reshape(p[25:30], 3, 2))  # (2, 3) row-major
+        b3 = p[31:32]
+        z3 = W3 * h2 .+ b3
+        v1_1 = W1[:, 1]
+        v2_1 = (W2 * v1_1)
+        v1_2 = W1[:, 2]
+        v2_2 = (W2 * v1_2)
+        tr = zero(X[1:1, :]) .+ (W3 * v2_1)[1:1, :] .+ (W3 * v2_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z3, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src23" => raw"""
 # crossode generated vector field: symbolic, 2 states, 1 parameters, float32
 # states: u[1] = x, u[2] = y
 # parameters: p[1] = k
@@ -340,7 +525,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src18" => raw"""
+    "src24" => raw"""
 # crossode generated vector field: MLP 2-5-4-2 tanh, 49 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -364,7 +549,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src19" => raw"""
+    "src25" => raw"""
 # crossode generated vector field: MLP 3-4-3 softplus, 31 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -384,7 +569,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src20" => raw"""
+    "src26" => raw"""
 # crossode generated vector field: MLP 2-3-2 relu, 17 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -404,7 +589,7 @@ let
     (oop = rhs_oop, iip = rhs_iip!)
 end
 """,
-    "src21" => raw"""
+    "src27" => raw"""
 # crossode generated vector field: MLP 2-3-2 sigmoid, 17 parameters, float32
 # flat layout per layer: W (out, in) row-major, then b; Julia reshape is column-major, hence transpose
 let
@@ -416,6 +601,155 @@ let
         W2 = transpose(reshape(p[10:15], 3, 2))  # (2, 3) row-major
         b2 = p[16:17]
         return W2 * h1 .+ b2
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src28" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-5-4-2 tanh, time input, 54 parameters, float32
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:15], 3, 5)  # column i = row i of W1 (5, 3)
+        W1 = transpose(R1[1:2, :])  # (5, 2): the state columns
+        w1t = R1[3, :]  # (5,): the time column
+        b1 = p[16:20]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = tanh.(z1)
+        s1 = one(eltype(h1)) .- h1 .* h1  # s'(z1)
+        W2 = transpose(reshape(p[21:40], 5, 4))  # (4, 5) row-major
+        b2 = p[41:44]
+        z2 = W2 * h1 .+ b2
+        h2 = tanh.(z2)
+        s2 = one(eltype(h2)) .- h2 .* h2  # s'(z2)
+        W3 = transpose(reshape(p[45:52], 4, 2))  # (2, 4) row-major
+        b3 = p[53:54]
+        z3 = W3 * h2 .+ b3
+        v1_1 = s1 .* W1[:, 1]
+        v2_1 = s2 .* (W2 * v1_1)
+        v1_2 = s1 .* W1[:, 2]
+        v2_2 = s2 .* (W2 * v1_2)
+        tr = zero(X[1:1, :]) .+ (W3 * v2_1)[1:1, :] .+ (W3 * v2_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z3, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src29" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-4-2 softplus, time input, 26 parameters, float32
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:12], 3, 4)  # column i = row i of W1 (4, 3)
+        W1 = transpose(R1[1:2, :])  # (4, 2): the state columns
+        w1t = R1[3, :]  # (4,): the time column
+        b1 = p[13:16]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = log1p.(exp.(-abs.(z1))) .+ max.(z1, zero(eltype(z1)))
+        s1 = inv.(one(eltype(z1)) .+ exp.(-z1))  # s'(z1)
+        W2 = transpose(reshape(p[17:24], 4, 2))  # (2, 4) row-major
+        b2 = p[25:26]
+        z2 = W2 * h1 .+ b2
+        v1_1 = s1 .* W1[:, 1]
+        v1_2 = s1 .* W1[:, 2]
+        tr = zero(X[1:1, :]) .+ (W2 * v1_1)[1:1, :] .+ (W2 * v1_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z2, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src30" => raw"""
+# crossode generated vector field: CNF in R^3, state [x; logp], MLP 3-4-3 sigmoid, 31 parameters, float32
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 4, 1)  # column b = sample b: [x; logp]
+        X = U[1:3, :]
+        W1 = transpose(reshape(p[1:12], 3, 4))  # (4, 3) row-major
+        b1 = p[13:16]
+        z1 = W1 * X .+ b1
+        h1 = inv.(one(eltype(z1)) .+ exp.(-z1))
+        s1 = h1 .* (one(eltype(h1)) .- h1)  # s'(z1)
+        W2 = transpose(reshape(p[17:28], 4, 3))  # (3, 4) row-major
+        b2 = p[29:31]
+        z2 = W2 * h1 .+ b2
+        v1_1 = s1 .* W1[:, 1]
+        v1_2 = s1 .* W1[:, 2]
+        v1_3 = s1 .* W1[:, 3]
+        tr = zero(X[1:1, :]) .+ (W2 * v1_1)[1:1, :] .+ (W2 * v1_2)[2:2, :] .+ (W2 * v1_3)[3:3, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z2, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src31" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-2 identity, time input, 8 parameters, float32
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:6], 3, 2)  # column i = row i of W1 (2, 3)
+        W1 = transpose(R1[1:2, :])  # (2, 2): the state columns
+        w1t = R1[3, :]  # (2,): the time column
+        b1 = p[7:8]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        tr = zero(X[1:1, :]) .+ W1[:, 1][1:1, :] .+ W1[:, 2][2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z1, .-tr))
+    end
+    function rhs_iip!(du, u, p, t)
+        du .= rhs_oop(u, p, t)
+        return nothing
+    end
+    (oop = rhs_oop, iip = rhs_iip!)
+end
+""",
+    "src32" => raw"""
+# crossode generated vector field: CNF in R^2, state [x; logp], MLP 2-3-3-2 identity, time input, 32 parameters, float32
+# dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b
+let
+    function rhs_oop(u, p, t)
+        U = reshape(u, 3, 1)  # column b = sample b: [x; logp]
+        X = U[1:2, :]
+        R1 = reshape(p[1:9], 3, 3)  # column i = row i of W1 (3, 3)
+        W1 = transpose(R1[1:2, :])  # (3, 2): the state columns
+        w1t = R1[3, :]  # (3,): the time column
+        b1 = p[10:12]
+        z1 = W1 * X .+ (b1 .+ t .* w1t)
+        h1 = z1
+        W2 = transpose(reshape(p[13:21], 3, 3))  # (3, 3) row-major
+        b2 = p[22:24]
+        z2 = W2 * h1 .+ b2
+        h2 = z2
+        W3 = transpose(reshape(p[25:30], 3, 2))  # (2, 3) row-major
+        b3 = p[31:32]
+        z3 = W3 * h2 .+ b3
+        v1_1 = W1[:, 1]
+        v2_1 = (W2 * v1_1)
+        v1_2 = W1[:, 2]
+        v2_2 = (W2 * v1_2)
+        tr = zero(X[1:1, :]) .+ (W3 * v2_1)[1:1, :] .+ (W3 * v2_2)[2:2, :]  # tr(dg/dx) per sample, (1, B)
+        return vec(vcat(z3, .-tr))
     end
     function rhs_iip!(du, u, p, t)
         du .= rhs_oop(u, p, t)
@@ -436,45 +770,49 @@ const ARRAYS = Dict{String, Array{Float64}}(
     "a7" => Float64[-0.5 0.045454545454545414; -0.40909090909090906 0.13636363636363635; -0.3181818181818182 0.2272727272727273; -0.2272727272727273 0.31818181818181823; -0.13636363636363635 0.40909090909090917; -0.045454545454545414 0.5],
     "a8" => Float64[1.0 0.5 0.25; -2.0 3.0 1.5; 1.0 0.5 0.25; -2.0 3.0 1.5],
     "a9" => Float64[1.0 0.5 0.25; -2.0 3.0 1.5; -1.0 -0.5 -0.25; 2.0 -3.0 -1.5],
-    "a10" => Float64[0.05172413793103448, 0.10344827586206896, 0.15517241379310345, 0.20689655172413793, 0.25862068965517243, 0.3103448275862069, 0.3620689655172414, 0.41379310344827586, 0.46551724137931033, 0.5172413793103449, 0.5689655172413793, 0.6206896551724138, 0.6724137931034483, 0.7241379310344828, 0.7758620689655172, 0.8275862068965517, 0.8793103448275862, 0.9310344827586207, 0.9827586206896551, 1.0344827586206897, 1.0862068965517242, 1.1379310344827587, 1.1896551724137931, 1.2413793103448276, 1.293103448275862, 1.3448275862068966, 1.396551724137931, 1.4482758620689655, 1.5],
-    "a11" => Float64[0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.21, 0.22, 0.23, 0.24, 0.25, 0.26, 0.27, 0.28, 0.29, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35000000000000003, 0.36, 0.37, 0.38, 0.39, 0.4, 0.41000000000000003, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47000000000000003, 0.48, 0.49, 0.5, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.5700000000000001, 0.58, 0.59, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65, 0.66, 0.67, 0.68, 0.6900000000000001, 0.7000000000000001, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.79, 0.8, 0.81, 0.8200000000000001, 0.8300000000000001, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92, 0.93, 0.9400000000000001, 0.9500000000000001, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.09, 1.1, 1.11, 1.12, 1.1300000000000001, 1.1400000000000001, 1.1500000000000001, 1.16, 1.17, 1.18, 1.19, 1.2, 1.21, 1.22, 1.23, 1.24, 1.25, 1.26, 1.27, 1.28, 1.29, 1.3, 1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37, 1.3800000000000001, 1.3900000000000001, 1.4000000000000001, 1.41, 1.42, 1.43, 1.44, 1.45, 1.46, 1.47, 1.48, 1.49, 1.5, 1.51, 1.52, 1.53, 1.54, 1.55, 1.56, 1.57, 1.58, 1.59, 1.6, 1.61, 1.62, 1.6300000000000001, 1.6400000000000001, 1.6500000000000001, 1.6600000000000001, 1.67, 1.68, 1.69, 1.7, 1.71, 1.72, 1.73, 1.74, 1.75, 1.76, 1.77, 1.78, 1.79, 1.8, 1.81, 1.82, 1.83, 1.84, 1.85, 1.86, 1.87, 1.8800000000000001, 1.8900000000000001, 1.9000000000000001, 1.9100000000000001, 1.92, 1.93, 1.94, 1.95, 1.96, 1.97, 1.98, 1.99, 2.0],
+    "a10" => Float64[0.5, -0.3, 0.0, 0.2, 0.4, 0.0, -0.6, 0.1, 0.0],
+    "a11" => Float64[-0.47845112977714827, -0.3039050497292462, 0.3478817871737476, 0.09487254727786099, -0.4686598753177289, -0.07721835811201161, -0.02418947731512533, -0.3928996584580739, 0.27086636302369127, -0.44609312658772426, -0.12559886699514444, 0.019329897885455583, -0.08010386217618337, 0.10022635717017103, 0.2746314210331874, 0.5268520448040662, -0.24918303240088646, 0.1715275399898082, 0.22657071699364995, -0.23934546271012913, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.25158857267452805, 0.2950597903049155, 0.14100842412628128, 0.16350031367538548, 0.28628445413222253, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377, -0.10607266736766485, -0.020316076487725043, -0.3536654302418015, 0.19842634494709355, -0.20802138401214898],
+    "a12" => Float64[0.05172413793103448, 0.10344827586206896, 0.15517241379310345, 0.20689655172413793, 0.25862068965517243, 0.3103448275862069, 0.3620689655172414, 0.41379310344827586, 0.46551724137931033, 0.5172413793103449, 0.5689655172413793, 0.6206896551724138, 0.6724137931034483, 0.7241379310344828, 0.7758620689655172, 0.8275862068965517, 0.8793103448275862, 0.9310344827586207, 0.9827586206896551, 1.0344827586206897, 1.0862068965517242, 1.1379310344827587, 1.1896551724137931, 1.2413793103448276, 1.293103448275862, 1.3448275862068966, 1.396551724137931, 1.4482758620689655, 1.5],
+    "a13" => Float64[0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19, 0.2, 0.21, 0.22, 0.23, 0.24, 0.25, 0.26, 0.27, 0.28, 0.29, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35000000000000003, 0.36, 0.37, 0.38, 0.39, 0.4, 0.41000000000000003, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47000000000000003, 0.48, 0.49, 0.5, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.5700000000000001, 0.58, 0.59, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65, 0.66, 0.67, 0.68, 0.6900000000000001, 0.7000000000000001, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.79, 0.8, 0.81, 0.8200000000000001, 0.8300000000000001, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.91, 0.92, 0.93, 0.9400000000000001, 0.9500000000000001, 0.96, 0.97, 0.98, 0.99, 1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07, 1.08, 1.09, 1.1, 1.11, 1.12, 1.1300000000000001, 1.1400000000000001, 1.1500000000000001, 1.16, 1.17, 1.18, 1.19, 1.2, 1.21, 1.22, 1.23, 1.24, 1.25, 1.26, 1.27, 1.28, 1.29, 1.3, 1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37, 1.3800000000000001, 1.3900000000000001, 1.4000000000000001, 1.41, 1.42, 1.43, 1.44, 1.45, 1.46, 1.47, 1.48, 1.49, 1.5, 1.51, 1.52, 1.53, 1.54, 1.55, 1.56, 1.57, 1.58, 1.59, 1.6, 1.61, 1.62, 1.6300000000000001, 1.6400000000000001, 1.6500000000000001, 1.6600000000000001, 1.67, 1.68, 1.69, 1.7, 1.71, 1.72, 1.73, 1.74, 1.75, 1.76, 1.77, 1.78, 1.79, 1.8, 1.81, 1.82, 1.83, 1.84, 1.85, 1.86, 1.87, 1.8800000000000001, 1.8900000000000001, 1.9000000000000001, 1.9100000000000001, 1.92, 1.93, 1.94, 1.95, 1.96, 1.97, 1.98, 1.99, 2.0],
 )
 
 # shared build keywords (each case is merge(BASES[k], its own keywords))
 const BASES = Dict{String, NamedTuple}(
-    "b1" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b2" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 1.3581702344345635e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b3" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0002642223021254807, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b4" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b5" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.03413803757402914, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b6" => (; src = SOURCES["src1"], iip = false, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.844626385704037e-08, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b7" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b8" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 3.236215119464612e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b9" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0004713660018717925, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b10" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.006368174465440079, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b11" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.04241401109391704, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b12" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.0473088299451352e-07, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b13" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b14" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b15" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b16" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a3"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b17" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.044996805573410854, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b18" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.0636817446544008, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b19" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b20" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b21" => (; src = SOURCES["src6"], iip = false, u0 = ARRAYS["a5"], p = ARRAYS["a6"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0049037637937548555, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "mse", weights = nothing, targets = ARRAYS["a7"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b22" => (; src = SOURCES["src6"], iip = false, u0 = ARRAYS["a5"], p = ARRAYS["a6"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "mse", weights = nothing, targets = ARRAYS["a7"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b23" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 0.5, -0.5, 0.25], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.004667856352683189, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "mse", weights = nothing, targets = ARRAYS["a8"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b24" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 0.5, -0.5, 0.25], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "mse", weights = nothing, targets = ARRAYS["a8"], device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b25" => (; src = SOURCES["src8"], iip = true, u0 = Float64[1.0], p = Float64[1.0], t0 = 0.0, t1 = 1.99, saveat = Float64[1.99], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.025168902290140648, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[1.99], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b26" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b27" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b28" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b29" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b30" => (; src = SOURCES["src10"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a10"], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0006218905280224959, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a10"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b31" => (; src = SOURCES["src10"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a10"], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.00019456808833102253, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a10"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b32" => (; src = SOURCES["src11"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.021888956756508243, dtmin = 4.440892098500626e-15, dtmax = Inf, tstops = Float64[2.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
-    "b33" => (; src = SOURCES["src11"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.01000000001000001, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a11"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b1" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b2" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 1.3581702344345635e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b3" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0002642223021254807, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b4" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b5" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.03413803757402914, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b6" => (; src = SOURCES["src1"], iip = false, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.844626385704037e-08, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b7" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Euler", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b8" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Midpoint", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-08, dt = nothing, dt0 = 3.236215119464612e-05, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b9" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-09, reltol = 1e-09, dt = nothing, dt0 = 0.0004713660018717925, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-09, quad_reltol = 1e-09, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b10" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.006368174465440079, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b11" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "DP8", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.04241401109391704, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b12" => (; src = SOURCES["src2"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "ImplicitEuler", alg_autodiff = "finite", adaptive = true, abstol = 1e-06, reltol = 1e-06, dt = nothing, dt0 = 1.0473088299451352e-07, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-06, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b13" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b14" => (; src = SOURCES["src3"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b15" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0044996805573410854, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b16" => (; src = SOURCES["src1"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 1.0, t1 = 0.0, saveat = Float64[0.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a3"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b17" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.044996805573410854, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b18" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-05, reltol = 1e-05, dt = nothing, dt0 = 0.0636817446544008, dtmin = 1.1920928955078125e-06, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-05, quad_reltol = 1e-05, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b19" => (; src = SOURCES["src4"], iip = true, u0 = Float64[1.0, 0.5], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b20" => (; src = SOURCES["src5"], iip = false, u0 = Float64[0.5, -0.3], p = ARRAYS["a2"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float32", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b21" => (; src = SOURCES["src6"], iip = false, u0 = ARRAYS["a5"], p = ARRAYS["a6"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0049037637937548555, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "mse", weights = nothing, targets = ARRAYS["a7"], cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b22" => (; src = SOURCES["src6"], iip = false, u0 = ARRAYS["a5"], p = ARRAYS["a6"], t0 = 0.0, t1 = 1.0, saveat = Float64[0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "mse", weights = nothing, targets = ARRAYS["a7"], cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b23" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 0.5, -0.5, 0.25], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.004667856352683189, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[0.25, 0.5, 1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "mse", weights = nothing, targets = ARRAYS["a8"], cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b24" => (; src = SOURCES["src7"], iip = true, u0 = Float64[1.0, 0.5, -0.5, 0.25], p = Float64[-0.5, 1.0, -1.0, -0.3], t0 = 0.0, t1 = 1.0, saveat = Float64[0.25, 0.5, 1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "mse", weights = nothing, targets = ARRAYS["a8"], cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b25" => (; src = SOURCES["src8"], iip = false, u0 = ARRAYS["a10"], p = ARRAYS["a11"], t0 = 0.0, t1 = 1.0, saveat = Float64[1.0], alg = "Tsit5", alg_autodiff = "default", adaptive = true, abstol = 1e-10, reltol = 1e-10, dt = nothing, dt0 = 0.0053632457877973265, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[1.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-10, loss_kind = "cnf_nll", weights = nothing, targets = nothing, cnf_dims = 2, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b26" => (; src = SOURCES["src8"], iip = false, u0 = ARRAYS["a10"], p = ARRAYS["a11"], t0 = 0.0, t1 = 1.0, saveat = Float64[1.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.05000000005000005, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a1"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "cnf_nll", weights = nothing, targets = nothing, cnf_dims = 2, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b27" => (; src = SOURCES["src9"], iip = true, u0 = Float64[1.0], p = Float64[1.0], t0 = 0.0, t1 = 1.99, saveat = Float64[1.99], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.025168902290140648, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = Float64[1.99], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b28" => (; src = SOURCES["src10"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b29" => (; src = SOURCES["src10"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b30" => (; src = SOURCES["src10"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.019529296771371083, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b31" => (; src = SOURCES["src10"], iip = true, u0 = Float64[1.0, 1.0], p = Float64[1.5, 1.0, 3.0, 1.0], t0 = 0.0, t1 = 10.0, saveat = Float64[2.5, 5.0, 7.5, 10.0], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0014162644104668883, dtmin = 1.7763568394002505e-14, dtmax = Inf, tstops = Float64[2.5, 5.0, 7.5, 10.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b32" => (; src = SOURCES["src11"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a12"], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.0006218905280224959, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a12"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b33" => (; src = SOURCES["src11"], iip = true, u0 = Float64[2.0, 0.0], p = Float64[-0.1, 2.0, -2.0, -0.1], t0 = 0.0, t1 = 1.5, saveat = ARRAYS["a12"], alg = "BS3", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.00019456808833102253, dtmin = 2.220446049250313e-15, dtmax = Inf, tstops = ARRAYS["a12"], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b34" => (; src = SOURCES["src12"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "DP5", alg_autodiff = "default", adaptive = true, abstol = 1e-08, reltol = 1e-06, dt = nothing, dt0 = 0.021888956756508243, dtmin = 4.440892098500626e-15, dtmax = Inf, tstops = Float64[2.0], maxiters = 100000, save_start = false, save_end = true, controller = "crossode", internalnorm = "default", isoutofdomain = "nonfinite", null_parameters = false, quad_abstol = 1e-08, quad_reltol = 1e-06, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
+    "b35" => (; src = SOURCES["src12"], iip = true, u0 = Float64[1.0], p = Float64[], t0 = 0.0, t1 = 2.0, saveat = Float64[2.0], alg = "RK4", alg_autodiff = "default", adaptive = false, abstol = nothing, reltol = nothing, dt = 0.01000000001000001, dt0 = nothing, dtmin = nothing, dtmax = nothing, tstops = ARRAYS["a13"], maxiters = 1000000, save_start = false, save_end = true, controller = "default", internalnorm = "default", isoutofdomain = "default", null_parameters = false, quad_abstol = 1e-10, quad_reltol = 1e-08, loss_kind = "sum_squares", weights = nothing, targets = nothing, cnf_dims = 0, device = "cpu", dtype = "float64", sensealg = "ReverseDiffAdjoint", vjp = "auto", checkpointing = false),
 )
 
 # crossode.reference(problem): the independent reference of every crossode record
@@ -488,6 +826,7 @@ const REFS = Dict{String, Any}(
     "batch_mlp_mse" => (; loss = 2.5466836479923667, dp = Float64[-0.13706810366141228, 0.1779259747777329, 0.3668030721687682, 0.0056627044130588685, -0.007358836360683153, -0.015609639559683482, 0.19097578074502974, -0.04914348362500333, -0.0870059030281842, 0.1943080062267541, -0.19091575962931265, -0.39850356869812886, -0.03339322024022516, -0.07772291427616254, -0.16781506343670993, 0.8845511823252873, -0.04027901303953828, -0.044076001307990664, -0.9358717093769993, -0.48868297147233397, -0.5033337302893282, -0.9234733021687695, -0.13888177627133966, 0.4906905834925438, 0.3716312151760239, 0.5787742853745523, 1.2902292677199128, 0.09615418210677551, -0.5961888836815017, -0.7244352593855994, -1.219045466594052, 2.1381388155000645], du0 = Float64[0.9832592910861533, 0.6676779635479531, -0.007408147904031746, 1.3352272195499844, -1.948233287787433, 0.9248969002597549], method = "sensitivity(DOP853, rtol=1e-12)"),
     "batch_linear_mse" => (; loss = 16.881123392758557, dp = Float64[1.2626502458431028, 0.11439119597915505, -1.3015121480544576, -0.6201448158582163], du0 = Float64[2.065524124588865, -0.7330462222902069, -0.6260359813866775, -1.097427938036196], method = "closed_form"),
     "batch_linear_weights" => (; loss = -0.041273667462209285, dp = Float64[-0.23204231784533577, 0.03991483284826524, 2.4672935291294475, -0.6597181697799956], du0 = Float64[-0.3060590591243896, 1.6712596848975037, 0.3060590591243896, -1.6712596848975037], method = "closed_form"),
+    "batch_cnf" => (; loss = 2.0581228641797136, dp = Float64[0.03685967786799832, 0.09652136848181597, 0.04637723016454156, 0.05414345989583634, -0.14920275873968872, -0.03378042776155766, -0.02223591517262038, 0.09850047784206567, 0.04875527334334624, 0.021128125930830282, 0.05899899748138754, 0.012658430490336702, -0.023141930853393413, -0.14214630133624678, -0.03612534863019445, 0.09793477418082987, -0.06399206675445393, 0.09793565290226938, 0.026770620972395152, -0.07492417736468215, -0.04024042320743873, 0.16807804575666266, 0.05134694189893444, -0.010531392475856938, -0.013813757379091053, 0.1010100452108294, -0.07418429661816987, 0.008395663762171286, 0.08875412474190308, 0.011501711723584697, 0.11185811605849169, -0.034338369698490634, 0.020581808849093393, 0.11963899303628481, 0.015778137895122127, -0.07328167374628708, -0.11152816143334482, -0.058292212874326996, -0.11575430764206215, -0.008175176215545463, -0.15161010779992767, 0.09844561900376697, 0.04740624697087479, 0.10232611512256345, -0.20403505837731517, -0.06587178297580712, 0.15437255731096367, 0.1637515244851189, 0.055680646630953574, -0.055965731462239, -0.1821792683753576, -0.15763670433323226, 0.18359945099301406, -0.4223138088306364], du0 = Float64[0.18734538464416062, -0.25208800658496555, 0.3333333333333333, 0.12266494532441584, -0.03152915450512684, 0.3333333333333333, -0.1583219621286736, -0.16519035748860939, 0.3333333333333333], method = "sensitivity(DOP853, rtol=1e-12)"),
 )
 
 # every supported combination of the cases in julia_fixtures.gradient_cells(), as Python marshals it
@@ -5351,6 +5690,188 @@ const GRADIENT_CASES = [
         ref = REFS["batch_linear_weights"],
     ),
     (
+        name = "cnf: batch_cnf tsit5 Direct() adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "direct",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = BASES["b25"],
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf tsit5 Forward() adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "forward",
+        family = "dto",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b25"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf tsit5 Backsolve(vjp='auto') adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b25"], (; sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf tsit5 InterpolatingAdjoint(checkpointing=False, vjp='auto') adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b25"], (; sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf tsit5 InterpolatingAdjoint(checkpointing=True, vjp='auto') adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b25"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf tsit5 QuadratureAdjoint(vjp='auto') adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b25"], (; sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf tsit5 GaussAdjoint(vjp='auto') adaptive float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "tsit5",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "adaptive",
+        dtype = "float64",
+        solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
+        problem_keywords = "dt",
+        build = merge(BASES["b25"], (; sensealg = "GaussAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf rk4 Direct() fixed float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "rk4",
+        sensitivity = "direct",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = BASES["b26"],
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf rk4 Forward() fixed float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "rk4",
+        sensitivity = "forward",
+        family = "dto",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,internalnorm,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b26"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf rk4 Backsolve(vjp='auto') fixed float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "rk4",
+        sensitivity = "backsolve",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b26"], (; sensealg = "BacksolveAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf rk4 InterpolatingAdjoint(checkpointing=False, vjp='auto') fixed float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "rk4",
+        sensitivity = "interpolating",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b26"], (; sensealg = "InterpolatingAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf rk4 QuadratureAdjoint(vjp='auto') fixed float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "rk4",
+        sensitivity = "quadrature",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b26"], (; sensealg = "QuadratureAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
+        name = "cnf: batch_cnf rk4 GaussAdjoint(vjp='auto') fixed float64",
+        group = "cnf",
+        problem = "batch_cnf",
+        solver = "rk4",
+        sensitivity = "gauss",
+        family = "otd",
+        step = "fixed",
+        dtype = "float64",
+        solve_keywords = "adaptive,dt,maxiters,save_end,save_start,saveat,tstops",
+        problem_keywords = "",
+        build = merge(BASES["b26"], (; sensealg = "GaussAdjoint")),
+        ref = REFS["batch_cnf"],
+    ),
+    (
         name = "nan_guard: sqrt_decay dopri5 Direct() adaptive float64",
         group = "nan_guard",
         problem = "sqrt_decay",
@@ -5361,7 +5882,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = BASES["b25"],
+        build = BASES["b27"],
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5375,7 +5896,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b27"], (; internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5389,7 +5910,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b27"], (; sensealg = "BacksolveAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5403,7 +5924,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b27"], (; sensealg = "InterpolatingAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5417,7 +5938,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        build = merge(BASES["b27"], (; sensealg = "InterpolatingAdjoint", checkpointing = true)),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5431,7 +5952,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b27"], (; sensealg = "QuadratureAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5445,7 +5966,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; sensealg = "GaussAdjoint")),
+        build = merge(BASES["b27"], (; sensealg = "GaussAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5459,7 +5980,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5")),
+        build = merge(BASES["b27"], (; alg = "Tsit5")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5473,7 +5994,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,internalnorm,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5", internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b27"], (; alg = "Tsit5", internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5487,7 +6008,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b27"], (; alg = "Tsit5", sensealg = "BacksolveAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5501,7 +6022,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b27"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5515,7 +6036,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint", checkpointing = true)),
+        build = merge(BASES["b27"], (; alg = "Tsit5", sensealg = "InterpolatingAdjoint", checkpointing = true)),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5529,7 +6050,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b27"], (; alg = "Tsit5", sensealg = "QuadratureAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
     (
@@ -5543,7 +6064,7 @@ const GRADIENT_CASES = [
         dtype = "float64",
         solve_keywords = "abstol,adaptive,controller,dtmax,dtmin,isoutofdomain,maxiters,reltol,save_end,save_start,saveat,tstops",
         problem_keywords = "dt",
-        build = merge(BASES["b25"], (; alg = "Tsit5", sensealg = "GaussAdjoint")),
+        build = merge(BASES["b27"], (; alg = "Tsit5", sensealg = "GaussAdjoint")),
         ref = REFS["sqrt_decay"],
     ),
 ]
@@ -5552,67 +6073,67 @@ const GRADIENT_CASES = [
 const STEP_CASES = [
     (
         name = "lotka_volterra_t1_1saves_dopri5",
-        build = BASES["b26"],
+        build = BASES["b28"],
         naccept = 82,
         nreject = 21,
     ),
     (
         name = "lotka_volterra_t1_1saves_tsit5",
-        build = merge(BASES["b26"], (; alg = "Tsit5")),
+        build = merge(BASES["b28"], (; alg = "Tsit5")),
         naccept = 91,
         nreject = 18,
     ),
     (
         name = "lotka_volterra_t1_1saves_bosh3",
-        build = BASES["b27"],
+        build = BASES["b29"],
         naccept = 740,
         nreject = 44,
     ),
     (
         name = "lotka_volterra_4saves_dopri5",
-        build = BASES["b28"],
+        build = BASES["b30"],
         naccept = 82,
         nreject = 22,
     ),
     (
         name = "lotka_volterra_4saves_tsit5",
-        build = merge(BASES["b28"], (; alg = "Tsit5")),
+        build = merge(BASES["b30"], (; alg = "Tsit5")),
         naccept = 92,
         nreject = 15,
     ),
     (
         name = "lotka_volterra_4saves_bosh3",
-        build = BASES["b29"],
+        build = BASES["b31"],
         naccept = 741,
         nreject = 43,
     ),
     (
         name = "cubic_spiral_29saves_dopri5",
-        build = BASES["b30"],
+        build = BASES["b32"],
         naccept = 67,
         nreject = 15,
     ),
     (
         name = "cubic_spiral_29saves_tsit5",
-        build = merge(BASES["b30"], (; alg = "Tsit5")),
+        build = merge(BASES["b32"], (; alg = "Tsit5")),
         naccept = 68,
         nreject = 9,
     ),
     (
         name = "cubic_spiral_29saves_bosh3",
-        build = BASES["b31"],
+        build = BASES["b33"],
         naccept = 318,
         nreject = 34,
     ),
     (
         name = "sqrt_decay_dopri5",
-        build = BASES["b25"],
+        build = BASES["b27"],
         naccept = 23,
         nreject = 20,
     ),
     (
         name = "sqrt_decay_tsit5",
-        build = merge(BASES["b25"], (; alg = "Tsit5")),
+        build = merge(BASES["b27"], (; alg = "Tsit5")),
         naccept = 23,
         nreject = 20,
     ),
@@ -5622,92 +6143,92 @@ const STEP_CASES = [
 const STATUS_CASES = [
     (
         name = "max_steps_direct",
-        build = merge(BASES["b28"], (; maxiters = 20)),
+        build = merge(BASES["b30"], (; maxiters = 20)),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_direct",
-        build = BASES["b32"],
+        build = BASES["b34"],
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_direct",
-        build = BASES["b33"],
+        build = BASES["b35"],
         status = "diverged",
     ),
     (
         name = "max_steps_forward",
-        build = merge(BASES["b28"], (; maxiters = 20, internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b30"], (; maxiters = 20, internalnorm = "primal", sensealg = "ForwardDiffSensitivity")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_forward",
-        build = merge(BASES["b32"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b34"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_forward",
-        build = merge(BASES["b33"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
+        build = merge(BASES["b35"], (; internalnorm = "primal", null_parameters = true, sensealg = "ForwardDiffSensitivity")),
         status = "diverged",
     ),
     (
         name = "max_steps_backsolve",
-        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b30"], (; maxiters = 20, sensealg = "BacksolveAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_backsolve",
-        build = merge(BASES["b32"], (; sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b34"], (; sensealg = "BacksolveAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_backsolve",
-        build = merge(BASES["b33"], (; sensealg = "BacksolveAdjoint")),
+        build = merge(BASES["b35"], (; sensealg = "BacksolveAdjoint")),
         status = "diverged",
     ),
     (
         name = "max_steps_interpolating",
-        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b30"], (; maxiters = 20, sensealg = "InterpolatingAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_interpolating",
-        build = merge(BASES["b32"], (; sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b34"], (; sensealg = "InterpolatingAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_interpolating",
-        build = merge(BASES["b33"], (; sensealg = "InterpolatingAdjoint")),
+        build = merge(BASES["b35"], (; sensealg = "InterpolatingAdjoint")),
         status = "diverged",
     ),
     (
         name = "max_steps_quadrature",
-        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b30"], (; maxiters = 20, sensealg = "QuadratureAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_quadrature",
-        build = merge(BASES["b32"], (; sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b34"], (; sensealg = "QuadratureAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_quadrature",
-        build = merge(BASES["b33"], (; sensealg = "QuadratureAdjoint")),
+        build = merge(BASES["b35"], (; sensealg = "QuadratureAdjoint")),
         status = "diverged",
     ),
     (
         name = "max_steps_gauss",
-        build = merge(BASES["b28"], (; maxiters = 20, sensealg = "GaussAdjoint")),
+        build = merge(BASES["b30"], (; maxiters = 20, sensealg = "GaussAdjoint")),
         status = "max_steps",
     ),
     (
         name = "blowup_adaptive_gauss",
-        build = merge(BASES["b32"], (; sensealg = "GaussAdjoint")),
+        build = merge(BASES["b34"], (; sensealg = "GaussAdjoint")),
         status = "step_size_too_small",
     ),
     (
         name = "blowup_fixed_gauss",
-        build = merge(BASES["b33"], (; sensealg = "GaussAdjoint")),
+        build = merge(BASES["b35"], (; sensealg = "GaussAdjoint")),
         status = "diverged",
     ),
 ]
@@ -5716,7 +6237,7 @@ const STATUS_CASES = [
 const FIELD_CASES = [
     (
         name = "guard_float64",
-        src = SOURCES["src12"],
+        src = SOURCES["src13"],
         dtype = "float64",
         u = Float64[0.3, 0.7],
         p = Float64[0.9],
@@ -5725,7 +6246,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float64",
-        src = SOURCES["src12"],
+        src = SOURCES["src13"],
         dtype = "float64",
         u = Float64[-0.3, 0.7],
         p = Float64[0.9],
@@ -5734,7 +6255,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float64",
-        src = SOURCES["src12"],
+        src = SOURCES["src13"],
         dtype = "float64",
         u = Float64[0.3, -0.7],
         p = Float64[0.9],
@@ -5743,7 +6264,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_tanh_float64",
-        src = SOURCES["src13"],
+        src = SOURCES["src14"],
         dtype = "float64",
         u = Float64[-0.6517911526116896, -0.17471729232577715],
         p = Float64[-0.5859805674060738, -0.3722061510459, 0.42606643469158767, 0.11619466571441628, -0.5739887787224099, -0.09457278807496527, -0.029625938283343034, -0.48120184166803287, 0.33174218894575813, -0.5463502689513542, -0.15382656820489748, 0.023674193299734858, -0.09810679437893921, 0.12275171692242859, 0.33635342443338034, 0.4080978390882944, -0.19301634692921926, 0.1328646611592907, 0.17550092273093593, -0.1853961982133277, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.28128457543119545, 0.3298868742743123, 0.15765221087324321, 0.18279890786035025, 0.320075750170535, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377],
@@ -5752,7 +6273,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_softplus_float64",
-        src = SOURCES["src14"],
+        src = SOURCES["src15"],
         dtype = "float64",
         u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885],
         p = Float64[0.5115971236366276, 0.013079931333262795, 0.5499188633804158, -0.48400886887693595, 0.12396383700281322, -0.14262100751662365, 0.34860548624385757, -0.3758229059259611, 0.42912745118520756, 0.05073915911874982, 0.4644379690923054, -0.02638083832293725, -0.08025598552520863, 0.33364693031135473, 0.5590517296783956, -0.15042769736117073, 0.4689328693162349, 0.42902638776541946, -0.3223074142380189, 0.10885161684454758, 0.20486474556474255, 0.4428036791291672, 0.16565741696575342, -0.36660424454830687, -0.0021324012146255455, -0.006380166043885138, 0.00022618934874585328, 0.45858228610924723, -0.1500626001777452, -0.27622885322178403, 0.02208700221144766],
@@ -5761,7 +6282,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_relu_float64",
-        src = SOURCES["src15"],
+        src = SOURCES["src16"],
         dtype = "float64",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.4313392713241635, 0.4354940412532311, 0.021673616276774, -0.30292259332094984, -0.630837250450102, -0.16494131058787342, -0.12943843421557422, -0.6430779879306379, -0.6381529654059223, 0.5763989288117012, 0.1759406951830177, -0.3065612130660532, -0.07511609646851669, 0.54754305264847, 0.45919854818431427, 0.3974837644536616, -0.12424039201972797],
@@ -5770,7 +6291,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_sigmoid_float64",
-        src = SOURCES["src16"],
+        src = SOURCES["src17"],
         dtype = "float64",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.05397254345079561, -0.2216484615289152, -0.18516688524032032, -0.1774883762273065, 0.6893513160325213, 0.18774572121112576, 0.24653126676563963, -0.24046798749294263, 0.25444199652860744, -0.4353540017016123, -0.5176184971680154, 0.40436613669586163, -0.5670782777485422, 0.5528331618138839, 0.3775905699649056, 0.3293332482858239, -0.5218282408606336],
@@ -5778,8 +6299,53 @@ const FIELD_CASES = [
         f = Float64[0.0896544373806068, -0.385040422538106],
     ),
     (
+        name = "cnf_tanh_2-5-4-2_time_float64",
+        src = SOURCES["src18"],
+        dtype = "float64",
+        u = Float64[-0.6517911526116896, -0.17471729232577715, 1.6637239913911968],
+        p = Float64[-0.47845112977714827, -0.3039050497292462, 0.3478817871737476, 0.09487254727786099, -0.4686598753177289, -0.07721835811201161, -0.02418947731512533, -0.3928996584580739, 0.27086636302369127, -0.44609312658772426, -0.12559886699514444, 0.019329897885455583, -0.08010386217618337, 0.10022635717017103, 0.2746314210331874, 0.5268520448040662, -0.24918303240088646, 0.1715275399898082, 0.22657071699364995, -0.23934546271012913, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.25158857267452805, 0.2950597903049155, 0.14100842412628128, 0.16350031367538548, 0.28628445413222253, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377, -0.10607266736766485, -0.020316076487725043, -0.3536654302418015, 0.19842634494709355, -0.20802138401214898],
+        t = 0.3,
+        f = Float64[0.1724096007093348, -0.5288497675627946, -0.013921194120430545],
+    ),
+    (
+        name = "cnf_softplus_2-4-2_time_float64",
+        src = SOURCES["src19"],
+        dtype = "float64",
+        u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885],
+        p = Float64[0.5115971236366276, 0.013079931333262795, 0.5499188633804158, -0.48400886887693595, 0.12396383700281322, -0.14262100751662365, 0.34860548624385757, -0.3758229059259611, 0.42912745118520756, 0.05073915911874982, 0.4644379690923054, -0.02638083832293725, -0.08025598552520863, 0.33364693031135473, 0.5590517296783956, -0.15042769736117073, 0.4689328693162349, 0.42902638776541946, -0.3223074142380189, 0.10885161684454758, 0.20486474556474255, 0.4428036791291672, 0.16565741696575342, -0.36660424454830687, -0.0021324012146255455, -0.006380166043885138],
+        t = 0.3,
+        f = Float64[0.017614719506067966, 0.7270377478048193, 0.05535034642165574],
+    ),
+    (
+        name = "cnf_sigmoid_3-4-3_float64",
+        src = SOURCES["src20"],
+        dtype = "float64",
+        u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885, -0.5677696061279298],
+        p = Float64[0.3521870402560363, 0.3555793956976613, 0.017696433586325444, -0.24733526173231557, -0.515076458114356, -0.1346740161487368, -0.10568603897765472, -0.5250709784152474, -0.5210497143628251, 0.5763989288117012, 0.1759406951830177, -0.3065612130660532, -0.07511609646851669, 0.54754305264847, 0.45919854818431427, 0.3974837644536616, -0.10759533566522184, -0.0069769812682574095, 0.17668935183106604, -0.43919728704194394, 0.055596116920723415, -0.22854839546989847, 0.37965117333492215, -0.435785562687809, 0.17918153302136497, 0.37008850232750334, -0.2726814748390919, 0.395448239414126, 0.372195468024335, -0.48148278232978925, 0.20749556733717733],
+        t = 0.3,
+        f = Float64[0.13988611652597163, -0.6526252643328735, 0.6480756673940036, 0.09311266337211824],
+    ),
+    (
+        name = "cnf_identity_2-2_time_float64",
+        src = SOURCES["src21"],
+        dtype = "float64",
+        u = Float64[0.18905338179353307, -0.5227484414807474, -0.41306354339189344],
+        p = Float64[0.04406839719154776, -0.18097521100624991, -0.15118812869975817, -0.14491865234400964, 0.562852992598582, 0.1532937394526943, 0.20129193640592602, -0.1963412896105589],
+        t = 0.3,
+        f = Float64[0.25887128681544785, -0.4719810537490303, -0.6069213897901298],
+    ),
+    (
+        name = "cnf_identity_2-3-3-2_time_float64",
+        src = SOURCES["src22"],
+        dtype = "float64",
+        u = Float64[-0.6517911526116896, -0.17471729232577715, 1.6637239913911968],
+        p = Float64[0.14444780263721269, 0.45866298983123766, 0.3183344149495806, -0.317303405660611, -0.23074809839933397, 0.431342364512488, -0.571270419173026, 0.37092262764929573, 0.34302622931600457, -0.03702552721451169, -0.2274385627949933, -0.2558520649982902, -0.2830522191089103, -0.0634204191670853, 0.005251877067436905, 0.0617734212422808, 0.572154444048765, 0.3379368756792257, 0.14108042201447268, 0.5646025457742708, -0.3287331994192439, -0.39235334743913786, 0.1299495416430566, -0.5266104089391511, -0.5361502320802326, 0.017192128783183214, -0.039021920750863526, 0.48170385230026, 0.14921762563350394, 0.01630165412910667, -0.0036102458343981736, -0.2915446554677684],
+        t = 0.3,
+        f = Float64[0.2181702025130127, -0.43837497596659947, 0.049053490933486564],
+    ),
+    (
         name = "guard_float32",
-        src = SOURCES["src17"],
+        src = SOURCES["src23"],
         dtype = "float32",
         u = Float64[0.3, 0.7],
         p = Float64[0.9],
@@ -5788,7 +6354,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float32",
-        src = SOURCES["src17"],
+        src = SOURCES["src23"],
         dtype = "float32",
         u = Float64[-0.3, 0.7],
         p = Float64[0.9],
@@ -5797,7 +6363,7 @@ const FIELD_CASES = [
     ),
     (
         name = "guard_float32",
-        src = SOURCES["src17"],
+        src = SOURCES["src23"],
         dtype = "float32",
         u = Float64[0.3, -0.7],
         p = Float64[0.9],
@@ -5806,7 +6372,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_tanh_float32",
-        src = SOURCES["src18"],
+        src = SOURCES["src24"],
         dtype = "float32",
         u = Float64[-0.6517911526116896, -0.17471729232577715],
         p = Float64[-0.5859805674060738, -0.3722061510459, 0.42606643469158767, 0.11619466571441628, -0.5739887787224099, -0.09457278807496527, -0.029625938283343034, -0.48120184166803287, 0.33174218894575813, -0.5463502689513542, -0.15382656820489748, 0.023674193299734858, -0.09810679437893921, 0.12275171692242859, 0.33635342443338034, 0.4080978390882944, -0.19301634692921926, 0.1328646611592907, 0.17550092273093593, -0.1853961982133277, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.28128457543119545, 0.3298868742743123, 0.15765221087324321, 0.18279890786035025, 0.320075750170535, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377],
@@ -5815,7 +6381,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_softplus_float32",
-        src = SOURCES["src19"],
+        src = SOURCES["src25"],
         dtype = "float32",
         u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885],
         p = Float64[0.5115971236366276, 0.013079931333262795, 0.5499188633804158, -0.48400886887693595, 0.12396383700281322, -0.14262100751662365, 0.34860548624385757, -0.3758229059259611, 0.42912745118520756, 0.05073915911874982, 0.4644379690923054, -0.02638083832293725, -0.08025598552520863, 0.33364693031135473, 0.5590517296783956, -0.15042769736117073, 0.4689328693162349, 0.42902638776541946, -0.3223074142380189, 0.10885161684454758, 0.20486474556474255, 0.4428036791291672, 0.16565741696575342, -0.36660424454830687, -0.0021324012146255455, -0.006380166043885138, 0.00022618934874585328, 0.45858228610924723, -0.1500626001777452, -0.27622885322178403, 0.02208700221144766],
@@ -5824,7 +6390,7 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_relu_float32",
-        src = SOURCES["src20"],
+        src = SOURCES["src26"],
         dtype = "float32",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.4313392713241635, 0.4354940412532311, 0.021673616276774, -0.30292259332094984, -0.630837250450102, -0.16494131058787342, -0.12943843421557422, -0.6430779879306379, -0.6381529654059223, 0.5763989288117012, 0.1759406951830177, -0.3065612130660532, -0.07511609646851669, 0.54754305264847, 0.45919854818431427, 0.3974837644536616, -0.12424039201972797],
@@ -5833,11 +6399,56 @@ const FIELD_CASES = [
     ),
     (
         name = "mlp_sigmoid_float32",
-        src = SOURCES["src21"],
+        src = SOURCES["src27"],
         dtype = "float32",
         u = Float64[2.0409191213851825, -2.5556650313141818],
         p = Float64[0.05397254345079561, -0.2216484615289152, -0.18516688524032032, -0.1774883762273065, 0.6893513160325213, 0.18774572121112576, 0.24653126676563963, -0.24046798749294263, 0.25444199652860744, -0.4353540017016123, -0.5176184971680154, 0.40436613669586163, -0.5670782777485422, 0.5528331618138839, 0.3775905699649056, 0.3293332482858239, -0.5218282408606336],
         t = 0.0,
         f = Float64[0.0896544373806068, -0.385040422538106],
+    ),
+    (
+        name = "cnf_tanh_2-5-4-2_time_float32",
+        src = SOURCES["src28"],
+        dtype = "float32",
+        u = Float64[-0.6517911526116896, -0.17471729232577715, 1.6637239913911968],
+        p = Float64[-0.47845112977714827, -0.3039050497292462, 0.3478817871737476, 0.09487254727786099, -0.4686598753177289, -0.07721835811201161, -0.02418947731512533, -0.3928996584580739, 0.27086636302369127, -0.44609312658772426, -0.12559886699514444, 0.019329897885455583, -0.08010386217618337, 0.10022635717017103, 0.2746314210331874, 0.5268520448040662, -0.24918303240088646, 0.1715275399898082, 0.22657071699364995, -0.23934546271012913, -0.4458808242927943, 0.42347574360937085, -0.18031542780603438, -0.16637597768709222, 0.3503570324218321, 0.07617204910391956, -0.025661415580261637, 0.24442638810504774, -0.4200713011083519, 0.18511520914228824, -0.11247973477276901, -0.3659524581656245, 0.143555624464829, 0.3859130036143054, -0.26189618103327655, 0.11635621197062213, -0.18052841986338425, 0.21623374825987646, 0.1987102452855894, -0.25158857267452805, 0.2950597903049155, 0.14100842412628128, 0.16350031367538548, 0.28628445413222253, -0.07142709570153805, 0.258705461154919, 0.3784801846662539, -0.3976800780779256, 0.34976833746615377, -0.10607266736766485, -0.020316076487725043, -0.3536654302418015, 0.19842634494709355, -0.20802138401214898],
+        t = 0.3,
+        f = Float64[0.1724096007093348, -0.5288497675627946, -0.013921194120430545],
+    ),
+    (
+        name = "cnf_softplus_2-4-2_time_float32",
+        src = SOURCES["src29"],
+        dtype = "float32",
+        u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885],
+        p = Float64[0.5115971236366276, 0.013079931333262795, 0.5499188633804158, -0.48400886887693595, 0.12396383700281322, -0.14262100751662365, 0.34860548624385757, -0.3758229059259611, 0.42912745118520756, 0.05073915911874982, 0.4644379690923054, -0.02638083832293725, -0.08025598552520863, 0.33364693031135473, 0.5590517296783956, -0.15042769736117073, 0.4689328693162349, 0.42902638776541946, -0.3223074142380189, 0.10885161684454758, 0.20486474556474255, 0.4428036791291672, 0.16565741696575342, -0.36660424454830687, -0.0021324012146255455, -0.006380166043885138],
+        t = 0.3,
+        f = Float64[0.017614719506067966, 0.7270377478048193, 0.05535034642165574],
+    ),
+    (
+        name = "cnf_sigmoid_3-4-3_float32",
+        src = SOURCES["src30"],
+        dtype = "float32",
+        u = Float64[2.0409191213851825, -2.5556650313141818, 0.41809884672577885, -0.5677696061279298],
+        p = Float64[0.3521870402560363, 0.3555793956976613, 0.017696433586325444, -0.24733526173231557, -0.515076458114356, -0.1346740161487368, -0.10568603897765472, -0.5250709784152474, -0.5210497143628251, 0.5763989288117012, 0.1759406951830177, -0.3065612130660532, -0.07511609646851669, 0.54754305264847, 0.45919854818431427, 0.3974837644536616, -0.10759533566522184, -0.0069769812682574095, 0.17668935183106604, -0.43919728704194394, 0.055596116920723415, -0.22854839546989847, 0.37965117333492215, -0.435785562687809, 0.17918153302136497, 0.37008850232750334, -0.2726814748390919, 0.395448239414126, 0.372195468024335, -0.48148278232978925, 0.20749556733717733],
+        t = 0.3,
+        f = Float64[0.13988611652597163, -0.6526252643328735, 0.6480756673940036, 0.09311266337211824],
+    ),
+    (
+        name = "cnf_identity_2-2_time_float32",
+        src = SOURCES["src31"],
+        dtype = "float32",
+        u = Float64[0.18905338179353307, -0.5227484414807474, -0.41306354339189344],
+        p = Float64[0.04406839719154776, -0.18097521100624991, -0.15118812869975817, -0.14491865234400964, 0.562852992598582, 0.1532937394526943, 0.20129193640592602, -0.1963412896105589],
+        t = 0.3,
+        f = Float64[0.25887128681544785, -0.4719810537490303, -0.6069213897901298],
+    ),
+    (
+        name = "cnf_identity_2-3-3-2_time_float32",
+        src = SOURCES["src32"],
+        dtype = "float32",
+        u = Float64[-0.6517911526116896, -0.17471729232577715, 1.6637239913911968],
+        p = Float64[0.14444780263721269, 0.45866298983123766, 0.3183344149495806, -0.317303405660611, -0.23074809839933397, 0.431342364512488, -0.571270419173026, 0.37092262764929573, 0.34302622931600457, -0.03702552721451169, -0.2274385627949933, -0.2558520649982902, -0.2830522191089103, -0.0634204191670853, 0.005251877067436905, 0.0617734212422808, 0.572154444048765, 0.3379368756792257, 0.14108042201447268, 0.5646025457742708, -0.3287331994192439, -0.39235334743913786, 0.1299495416430566, -0.5266104089391511, -0.5361502320802326, 0.017192128783183214, -0.039021920750863526, 0.48170385230026, 0.14921762563350394, 0.01630165412910667, -0.0036102458343981736, -0.2915446554677684],
+        t = 0.3,
+        f = Float64[0.2181702025130127, -0.43837497596659947, 0.049053490933486564],
     ),
 ]

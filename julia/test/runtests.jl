@@ -5,8 +5,8 @@
 #
 # (ForwardDiff is a test-only dependency, so run through Pkg.test, which builds the test environment.)
 #
-# Groups: units, fields, steps, statuses, vjp_auto, linear, mlp, vjp, noparams, backward, weights, batch, float32,
-# nan_guard, known_limits. The gradient groups compile one adjoint per (solver, sensealg, field form, precision):
+# Groups: units, fields, steps, statuses, vjp_auto, linear, mlp, vjp, noparams, backward, weights, batch, cnf,
+# float32, nan_guard, known_limits. The gradient groups compile one adjoint per (solver, sensealg, field form, precision):
 # the whole file takes tens of minutes on a first run.
 #
 # Most cases come from fixtures.jl, written by tests/backends/julia/julia_fixtures.py: the exact `build` keywords
@@ -37,7 +37,13 @@ relerr(a, b) = isempty(b) ? 0.0 : sqrt(sum(abs2, a .- b)) / max(sqrt(sum(abs2, b
 loss_of(Y, ::Nothing) = sum(abs2, Y) / 2
 loss_of(Y, W) = sum(W .* Y)
 loss_of(Y, D::CrossODE.Targets) = sum(abs2, Y .- D.data) / 2
+function loss_of(Y, C::CrossODE.CNFNLL)  # -mean_b log p_x(x_b) = mean_b (-log N(z_b) + logp_b(t1)), last save
+    d, y = C.dims, Y[:, end]
+    return sum(d / 2 * log(2pi) + sum(abs2, y[(b - 1) * (d + 1) .+ (1:d)]) / 2 + y[b * (d + 1)]
+               for b in 1:C.batch) / C.batch
+end
 on_host(::Nothing) = nothing
+on_host(C::CrossODE.CNFNLL) = C
 on_host(W) = Matrix{Float64}(W)
 on_host(D::CrossODE.Targets) = CrossODE.Targets(Matrix{Float64}(D.data))
 
@@ -223,7 +229,8 @@ end
         end
     end
 
-    gradient_groups = ("linear", "mlp", "vjp", "noparams", "backward", "weights", "batch", "float32", "nan_guard")
+    gradient_groups = ("linear", "mlp", "vjp", "noparams", "backward", "weights", "batch", "cnf", "float32",
+        "nan_guard")
     cases = [c for c in GRADIENT_CASES if c.group in gradient_groups && want(c.group)]
     @testset "gradient $(case.name)" for case in cases
         cell = build(; case.build...)

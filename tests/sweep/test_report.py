@@ -130,3 +130,168 @@ def test_report_header_names_each_reference_method(tmp_path):
     path.write_text(json.dumps(a) + "\n" + json.dumps(b) + "\n")
     text = open(write_report(path, tmp_path / "rep")).read()
     assert "closed_form for linear" in text and "sensitivity(DOP853, rtol=1e-12) for lotka_volterra" in text
+
+
+# --------------------------------------------------------------------------- figures that read at a glance (issue 13)
+
+from crossode.sweep import _report as R  # noqa: E402
+
+
+def frame(recs, problem=None):
+    for i, r in enumerate(recs):
+        r["tags"]["cell"] = f"c{i}"
+        if problem:
+            r["problem"] = problem
+    return R.records_frame(recs)
+
+
+def _boxes(fig, ax):
+    """Window extents of the visible texts and of every marker drawn in ``ax``."""
+    import numpy as np
+    from matplotlib.transforms import Bbox
+
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    # Text's own extent: an Annotation's would include its leader line
+    texts = [(t.get_text(), Text.get_window_extent(t, renderer)) for t in ax.texts if t.get_visible() and t.get_text()]
+    markers = []
+    for line in ax.lines:
+        if line.get_marker() in (None, "", "None", "none"):
+            continue
+        r = line.get_markersize() * fig.dpi / 72 / 2
+        for x, y in line.get_transform().transform(np.asarray(line.get_xydata(), float)):
+            markers.append(Bbox([[x - r, y - r], [x + r, y + r]]))
+    return texts, markers
+
+
+def assert_nothing_overlaps(fig):
+    """No two texts in a panel overlap, no text covers a marker, no two tick labels of an axis overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts, markers = _boxes(fig, ax)
+        for i, (ta, a) in enumerate(texts):
+            for tb, b in texts[i + 1:]:
+                assert not a.overlaps(b), f"{ax.get_title()}: {ta!r} overlaps {tb!r}"
+            for m in markers:
+                assert not a.overlaps(m), f"{ax.get_title()}: {ta!r} covers a marker"
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t.get_window_extent(renderer) for t in shown_tick_labels(axis)]
+            for i, a in enumerate(labels):
+                for b in labels[i + 1:]:
+                    assert not a.overlaps(b), f"{ax.get_title()}: tick labels overlap"
+
+
+def shown_tick_labels(axis):
+    """The major and minor tick labels with text whose tick lies inside the axis's view."""
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for minor in (False, True):
+        for loc, t in zip(axis.get_ticklocs(minor=minor), axis.get_ticklabels(minor=minor)):
+            if t.get_visible() and t.get_text() and lo <= loc <= hi:
+                out.append(t)
+    return out
+
+
+def tick_texts(axis):
+    return [t.get_text() for t in shown_tick_labels(axis)]
+
+
+@pytest.mark.parametrize("lo, hi", [(3.5, 7.5), (10.0, 15.0), (12.4, 12.9), (0.011, 0.05), (1.2e-5, 1.7e-5),
+                                    (2e-3, 0.4), (1e-9, 1e-3), (1e-17, 10.0)])
+def test_log_ticks_label_every_range(lo, hi):
+    """Less than a decade gave no labels or overlapping minor ones (issue 13): always 2-6 round values inside."""
+    vals = R._nice_log_ticks(lo, hi)
+    assert 2 <= len(vals) <= 6 and all(lo <= v <= hi for v in vals), vals
+    assert len(set(R._tick_texts(vals))) == len(vals)
+
+
+def test_work_precision_narrow_time_range_has_readable_x_ticks():
+    """Times spanning less than a decade labelled every minor tick, overlapping in a three-problem figure (issue 13)."""
+    recs = []
+    for problem in ("a", "b", "c"):
+        for r in [make(b, "dopri5", s, rtol=rt, err=rt * k, time_s=t)
+                  for b, k0 in (("torch", 1), ("jax", 1.3)) for s, k in (("direct", 0.3 * k0), ("backsolve", 3 * k0))
+                  for rt, t in ((1e-3, 0.011), (1e-5, 0.03), (1e-7, 0.09))]:
+            r["problem"] = problem
+            recs.append(r)
+    df = frame(recs)
+    fig = R.fig_work_precision(df, None, R._Styles(df))
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 3
+    for ax in shown:
+        assert ax.get_xscale() == "log" and len(tick_texts(ax.xaxis)) >= 2 and len(tick_texts(ax.yaxis)) >= 2
+    assert_nothing_overlaps(fig)
+
+
+def test_memory_vs_length_narrow_range_has_y_tick_labels():
+    """Peak memory between 10 and 15 MB drew a log axis without a single y label (issue 13)."""
+    recs = [make("torch", "alf", s, dt=0.05, t1=t1, err=1e-5, time_s=0.01, mem=m * 1e6)
+            for t1 in (1.0, 4.0, 16.0, 64.0) for s, m in (("mali", 12.5 + t1 / 200), ("direct", 10 + t1 / 15))]
+    df = frame(recs)
+    fig = R.fig_memory_vs_length(df, None, R._Styles(df))
+    ax = fig.axes[0]
+    assert len(tick_texts(ax.yaxis)) >= 2, tick_texts(ax.yaxis)
+    assert tick_texts(ax.xaxis) == ["1", "4", "16", "64"]
+    assert_nothing_overlaps(fig)
+
+
+def test_crowded_failures_labels_overlap_nothing():
+    """Failures a few seconds apart (cross_backend's Robertson, pnode_stiff) had labels on top of each other and of
+    the markers (issue 13); capped errors too. An all-failed panel says why it is empty."""
+    stuck = []
+    for k, (s, x) in enumerate((("mali", (3.2, 3.5)), ("backsolve", (5.7, 7.5)), ("direct", (7.5, 8.2)))):
+        for b, wall in zip(("torch", "jax"), x):
+            r = make(b, "dopri5" if s != "mali" else "alf", s, rtol=1e-6, status="max_steps", message="x")
+            r["tags"]["worker_wall_s"] = wall
+            stuck.append(r)
+    mixed = []
+    for i, (s, status) in enumerate((("mali", "max_steps"), ("backsolve", "diverged"), ("direct", "max_steps"))):
+        for j, b in enumerate(("torch", "jax")):
+            r = make(b, "dopri5" if s != "mali" else "alf", s, rtol=1e-6, status=status, message="x")
+            r["tags"]["worker_wall_s"] = 3.5 + 1.5 * i + 0.4 * j
+            mixed.append(r)
+    for b in ("torch", "jax"):  # finished, with an exploded gradient (capped, labelled) and an ordinary one
+        mixed.append(make(b, "kvaerno5", "direct", rtol=1e-6, err=1e44 if b == "jax" else 1e56, time_s=0.03))
+        mixed.append(make(b, "kvaerno5", "direct", rtol=1e-4, err=1e-3, time_s=0.01))
+    df = pd.concat([frame(stuck, "robertson"), frame(mixed, "stiff")], ignore_index=True)
+    fig = R.fig_work_precision(df, None, R._Styles(df))
+    empty, full = fig.axes[:2]
+    assert any("no cell finished" in t.get_text() and "6 × max steps" in t.get_text() for t in empty.texts)
+    labels = {t.get_text() for t in full.texts}
+    assert {"jax 1e44", "torch 1e56", "failed"} <= labels and any("diverged" in t for t in labels), labels
+    assert_nothing_overlaps(fig)
+
+
+def test_nfe_bars_log_scale_and_empty_panel_says_why():
+    """MALI's ~9000 evaluations hid every other bar on a linear scale; an all-failed panel was blank (issue 13)."""
+    recs = [make("torch", "alf", "mali", rtol=1e-6, err=1e-7, time_s=1.0, nfe=(2987, 8860)),
+            make("torch", "dopri5", "direct", rtol=1e-6, err=1e-7, time_s=0.01, nfe=(26, 24)),
+            make("jax", "dopri5", "direct", rtol=1e-6, err=1e-7, time_s=0.01, nfe=(27, 75))]
+    stuck = [make(b, "dopri5", "direct", rtol=1e-6, status="max_steps", message="x") for b in ("torch", "jax")]
+    df = pd.concat([frame(recs), frame(stuck, "robertson")], ignore_index=True)
+    fig = R.fig_nfe(df, None, R._Styles(df))
+    full, empty = fig.axes[:2]
+    assert full.get_yscale() == "log" and {"8860", "24", "26"} <= {t.get_text() for t in full.texts}
+    assert any("no cell finished" in t.get_text() and "2 × max steps" in t.get_text() for t in empty.texts)
+    assert_nothing_overlaps(fig)
+
+
+def test_figures_fit_the_report_column_unscaled(results, tmp_path):
+    """Large multi-panel figures were scaled down in the HTML until their text was unreadable (issue 13): any number
+    of panels is laid out at most READ_WIDTH_PX wide (the HTML column), so the text is shown at its set size."""
+    plt = R._plt()
+    for n in (1, 2, 3, 7, 12):
+        fig, axes = R._grid(plt, n)
+        assert len(axes) == n and fig.get_figwidth() * fig.dpi <= R.READ_WIDTH_PX
+        plt.close(fig)
+    write_report(results, tmp_path / "rep")
+    from PIL import Image
+
+    pngs = sorted((tmp_path / "rep" / "figures").glob("*.png"))
+    assert len(pngs) == 4 and all(Image.open(p).size[0] <= R.READ_WIDTH_PX for p in pngs)
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "max-width:1100px" in html and "img{max-width:100%" in html

@@ -120,7 +120,6 @@ from ..._solvers import (  # noqa: E402
     RK4,
     AbstractSolver,
     AbstractStepControl,
-    Adaptive,
     Bosh3,
     Dopri5,
     Dopri8,
@@ -133,6 +132,7 @@ from ..._solvers import (  # noqa: E402
     Tsit5,
     fixed_grid,
 )
+from .._capabilities import jax_supports  # noqa: E402
 from ._alf import FAIL_CODES, ALFConfig, alf_loop  # noqa: E402
 from ._control import GridController, make_landing_controller  # noqa: E402
 from ._field import make_vector_field  # noqa: E402
@@ -319,31 +319,8 @@ class DiffraxBackend:
 
     def supports(self, problem, solver: AbstractSolver, sensitivity: AbstractSensitivity,
                  step: AbstractStepControl, device: str = "cpu") -> str | None:
-        dev = "gpu" if device == "cuda" else device
-        if dev not in ("cpu", "gpu"):
-            return f"unknown device {device!r}; the JAX backend knows 'cpu' and 'gpu' (alias 'cuda')"
-        if dev == "gpu" and not _gpu_devices():
-            return f"device={device!r} requested but JAX sees no GPU here (devices: {jax.devices()})"
-        if not isinstance(step, (Adaptive, Fixed)):
-            return f"unknown step control {step!r}"
-        if isinstance(solver, ALF):
-            if isinstance(sensitivity, (MALI, Direct, Forward)):
-                return None
-            if isinstance(sensitivity, Checkpointed):
-                return None if sensitivity.vjp == "auto" else "the JAX backend only has vjp='auto' (JAX autodiff)"
-            return f"`sensitivity={sensitivity!r}` is not implemented for ALF in the JAX backend (use MALI, Direct, " \
-                   "Checkpointed or Forward)"
-        if type(solver) not in _DIFFRAX_SOLVERS:
-            return f"`solver={solver!r}` has no JAX implementation"
-        if isinstance(sensitivity, MALI):
-            return f"`sensitivity=MALI()` requires `solver=ALF()`; got `solver={solver!r}`"
-        if isinstance(step, Adaptive) and not solver.adaptive:
-            return f"`solver={solver!r}` has no error estimate, so it needs `step=Fixed(dt=...)`"
-        if not isinstance(sensitivity, (Direct, Checkpointed, Backsolve, Forward)):
-            return f"`sensitivity={sensitivity!r}` is Julia-only (SciMLSensitivity); Diffrax has no equivalent"
-        if getattr(sensitivity, "vjp", "auto") != "auto":
-            return f"`vjp={sensitivity.vjp!r}` selects a Julia AD engine; the JAX backend only has vjp='auto'"
-        return None
+        """``None`` if supported, else a one-line reason (:func:`crossode.backends._capabilities.jax_supports`)."""
+        return jax_supports(problem, solver, sensitivity, step, device, gpu_devices=_gpu_devices)
 
     def prepare(self, problem, solver, sensitivity, step, *, device: str = "cpu", dtype: str = "float64"):
         reason = self.supports(problem, solver, sensitivity, step, device)

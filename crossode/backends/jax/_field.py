@@ -10,6 +10,11 @@ the flat parameters).
   with ``time_input``, ``W_1 u + b_1`` computed as ``W1[:, :n] phi(y) + (b_1 + t W1[:, n])`` (= ``W_1 [phi(y), t]``),
   from the flat parameter vector in the documented layout (``MLPRHS.unflatten``), so ``dparams`` comes back in the
   neutral layout. A batch is one matrix product per layer (``h @ W^T``).
+- :class:`~crossode.CNFRHS` (state ``[x, logp]``): the network ``g`` as above on ``x = y[..., :d]`` and
+  ``-tr(dg/dx)`` from JAX's own forward mode: ``jax.linearize`` of the batched network at ``x``, applied to the ``d``
+  unit tangents ``e_j`` (each sample's Jacobian column ``j``; samples are independent), ``tr = sum_j col_j[..., j]``.
+  Differentiating it (Direct, Backsolve, MALI) is reverse-over-forward mode; no hand-written derivative is shared
+  with the NumPy reference.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import sympy
 
+from ..._cnf import CNFRHS
 from ..._rhs import MLPRHS, SymbolicRHS
 
 __all__ = ["make_vector_field", "JNP_NAMESPACE"]
@@ -116,4 +122,28 @@ def make_vector_field(problem) -> Callable:
             return h
 
         return f
+    if isinstance(rhs, CNFRHS):
+        return _cnf_field(rhs)
     raise TypeError(f"unsupported rhs type {type(rhs).__name__}")
+
+
+def _cnf_field(rhs: CNFRHS) -> Callable:
+    act = _ACTIVATIONS[rhs.activation]
+    d, time_input = rhs.dims, rhs.time_input
+
+    def net(t, x, p):
+        layers = rhs.unflatten(p)
+        w, b = layers[0]
+        bias = b + jnp.asarray(t, w.dtype) * w[:, d] if time_input else b
+        h = x @ w[:, :d].T + bias
+        for w, b in layers[1:]:
+            h = act(h) @ w.T + b
+        return h
+
+    def f(t, y, p):
+        x = y[..., :d]
+        g, lin = jax.linearize(lambda x_: net(t, x_, p), x)
+        tr = sum(lin(jnp.zeros_like(x).at[..., j].set(1.0))[..., j] for j in range(d))
+        return jnp.concatenate([g, -tr[..., None]], axis=-1)
+
+    return f

@@ -201,7 +201,7 @@ class JuliaBackend:
         return out
 
     def devices(self) -> list[str]:
-        return ["cpu"] + (["cuda"] if _probe.cuda_reason() is None else [])
+        return _probe.devices()
 
     def supports(self, problem, solver, sensitivity, step, device: str = "cpu") -> str | None:
         reason = _marshal.unsupported_reason(problem, solver, sensitivity, step, device)

@@ -41,6 +41,14 @@ and GPU arrays happy. The activation is broadcast on hidden layers only, matchin
 and splits it into the state columns ``W1 = transpose(R1[1:n, :])`` and the time column ``w1t = R1[n + 1, :]``:
 ``z1 = W1 * X .+ (b1 .+ t .* w1t)`` (= ``W_1 [phi(y), t] + b_1``).
 
+CNF fields (:class:`~crossode.CNFRHS`, state ``[x; logp]`` per sample): the network as for an MLP (same layout and
+time column) on ``X = U[1:d, :]`` with ``U = reshape(u, d + 1, B)`` (``B = 1`` for one state), its derivative
+``s{l} = s'(z{l})`` next to each hidden activation (:data:`ACTIVATION_DERIVATIVE_CODE`), and the exact trace by
+forward tangents, one per input direction ``j``: ``v1_j = s1 .* W1[:, j]``, ``v{l}_j = s{l} .* (W{l} * v{l-1}_j)``,
+the last layer's ``W{L} * v{L-1}_j`` is column ``j`` of every sample's Jacobian, so
+``tr = sum_j (W{L} * v{L-1}_j)[j:j, :]`` (a ``(1, B)`` row); the field returns ``vec(vcat(G, -tr))``. Plain array
+code, differentiable by Zygote and ReverseDiff (second derivatives included); out of place only.
+
 Batches (``batch = B``): the state is the neutral ``(batch, n)`` array flattened row-major into ONE vector of length
 ``B n`` (trajectory ``b`` at ``u[(b-1) n + 1 : b n]``), so OrdinaryDiffEq solves the batch as one system with the
 error norm over all its entries, as PyTorch and JAX do. MLPs reshape it to the ``(n, B)`` matrix
@@ -56,6 +64,7 @@ import sympy
 from sympy.printing.julia import JuliaCodePrinter
 from sympy.printing.precedence import precedence
 
+from ..._cnf import CNFRHS
 from ..._errors import InvalidInputError
 from ..._rhs import MLPRHS, AbstractRHS, SymbolicRHS
 
@@ -63,10 +72,12 @@ __all__ = [
     "julia_source",
     "symbolic_source",
     "mlp_source",
+    "cnf_source",
     "mlp_layout",
     "julia_expr",
     "fold_constants",
     "ACTIVATION_CODE",
+    "ACTIVATION_DERIVATIVE_CODE",
     "NANMATH_FUNCTIONS",
     "DTYPES",
 ]
@@ -81,6 +92,14 @@ ACTIVATION_CODE: dict[str, str] = {
     "identity": "{z}",
 }
 """Julia code of each :data:`crossode._rhs.ACTIVATIONS` entry, broadcast over the vector ``{z}``."""
+
+ACTIVATION_DERIVATIVE_CODE: dict[str, str] = {
+    "tanh": "one(eltype({h})) .- {h} .* {h}",  # from h = tanh(z)
+    "softplus": "inv.(one(eltype({z})) .+ exp.(-{z}))",  # sigmoid(z)
+    "sigmoid": "{h} .* (one(eltype({h})) .- {h})",  # from h = sigmoid(z)
+}
+"""Julia code of ``s'(z)`` for the CNF activations (from ``{z}`` or from the activation's value ``{h}``); identity's
+``s' = 1`` is left out of the products."""
 
 NANMATH_FUNCTIONS: dict[str, str] = {
     name: f"NaNMath.{name}" for name in ("sin", "cos", "tan", "asin", "acos", "acosh", "atanh", "log")
@@ -293,14 +312,64 @@ def mlp_source(rhs: MLPRHS, dtype: str = "float64", batch: int | None = None) ->
     return _let_block(header, body, ["        du .= rhs_oop(u, p, t)"])
 
 
+def cnf_source(rhs: CNFRHS, dtype: str = "float64", batch: int | None = None) -> str:
+    """Julia source of a CNF field (see the module docstring: network, tangents, trace; out of place)."""
+    _check_dtype(dtype)
+    layout = mlp_layout(rhs.net)
+    d, m, n_layers = rhs.dims, rhs.n_states, len(layout)
+    act = ACTIVATION_CODE[rhs.activation]
+    deriv = ACTIVATION_DERIVATIVE_CODE.get(rhs.activation)
+    body = [f"        U = reshape(u, {m}, {batch or 1})  # column b = sample b: [x; logp]",
+            f"        X = U[1:{d}, :]"]
+    h = "X"
+    for layer, ((w0, w1), (b0, b1), out, inp) in enumerate(layout, start=1):
+        if layer == 1 and rhs.time_input:
+            body.append(f"        R1 = reshape(p[{w0}:{w1}], {inp}, {out})  # column i = row i of W1 ({out}, {inp})")
+            body.append(f"        W1 = transpose(R1[1:{d}, :])  # ({out}, {d}): the state columns")
+            body.append(f"        w1t = R1[{d + 1}, :]  # ({out},): the time column")
+            bias = f"(b{layer} .+ t .* w1t)"
+        else:
+            body.append(f"        W{layer} = transpose(reshape(p[{w0}:{w1}], {inp}, {out}))  "
+                        f"# ({out}, {inp}) row-major")
+            bias = f"b{layer}"
+        body.append(f"        b{layer} = p[{b0}:{b1}]")
+        body.append(f"        z{layer} = W{layer} * {h} .+ {bias}")
+        if layer < n_layers:
+            body.append(f"        h{layer} = {act.format(z=f'z{layer}')}")
+            if deriv is not None:
+                body.append(f"        s{layer} = {deriv.format(z=f'z{layer}', h=f'h{layer}')}  # s'(z{layer})")
+            h = f"h{layer}"
+    # forward tangents d z_l / d x_j, one per direction j (identity activation: no s' factor)
+    cols = []
+    for j in range(1, d + 1):
+        prev = f"W1[:, {j}]"
+        for layer in range(1, n_layers):
+            pre = prev if layer == 1 else f"(W{layer} * {prev})"
+            body.append(f"        v{layer}_{j} = " + (f"s{layer} .* {pre}" if deriv is not None else pre))
+            prev = f"v{layer}_{j}"
+        col = prev if n_layers == 1 else f"(W{n_layers} * {prev})"
+        cols.append(f"{col}[{j}:{j}, :]")  # row j of a (d, B) matrix, or of a d-vector (then 1 x 1)
+    body.append(f"        tr = zero(X[1:1, :]) .+ " + " .+ ".join(cols) + "  # tr(dg/dx) per sample, (1, B)")
+    body.append(f"        return vec(vcat(z{n_layers}, .-tr))")
+    extra = ", time input" if rhs.time_input else ""
+    header = [
+        f"crossode generated vector field: CNF in R^{d}, state [x; logp], MLP {'-'.join(map(str, rhs.widths))} "
+        f"{rhs.activation}{extra}, {rhs.n_params} parameters, {dtype}" + (f", batch of {batch}" if batch else ""),
+        "dx/dt = g(t, x), dlogp/dt = -tr(dg/dx) by forward tangents; layout per layer: W (out, in) row-major, then b",
+    ]
+    return _let_block(header, body, ["        du .= rhs_oop(u, p, t)"])
+
+
 def julia_source(rhs: AbstractRHS, dtype: str = "float64", batch: int | None = None) -> str:
-    """Julia source text for ``rhs`` (symbolic or MLP) in precision ``dtype``, for one state or a ``batch``."""
+    """Julia source text for ``rhs`` (symbolic, MLP or CNF) in precision ``dtype``, for one state or a ``batch``."""
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise InvalidInputError(f"`batch` must be a positive integer or None; got {batch!r}.")
     if isinstance(rhs, SymbolicRHS):
         return symbolic_source(rhs, dtype, batch)
     if isinstance(rhs, MLPRHS):
         return mlp_source(rhs, dtype, batch)
+    if isinstance(rhs, CNFRHS):
+        return cnf_source(rhs, dtype, batch)
     raise InvalidInputError(f"the Julia backend cannot generate code for {type(rhs).__name__}")
 
 

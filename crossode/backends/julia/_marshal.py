@@ -52,6 +52,7 @@ import numpy as np
 
 from ..._problem import Problem
 from ..._record import STATUSES, GradientOutput, SolveOutput, SolverFailure, Stats
+from ..._cnf import CNFRHS
 from ..._rhs import MLPRHS, SymbolicRHS
 from ..._sensitivity import (
     MALI,
@@ -84,7 +85,6 @@ from ..._solvers import (
     fixed_grid,
 )
 from ..._stepping import error_order, initial_step
-from ._field import julia_source
 
 __all__ = [
     "SOLVER_ALGS",
@@ -269,7 +269,7 @@ def unsupported_reason(
         return f"unknown device {device!r}; the Julia backend knows 'cpu' and 'cuda' (CUDA.jl)"
     if dtype not in DTYPES:
         return f"dtype {dtype!r} is not supported; use 'float64' or 'float32'"
-    if not isinstance(problem.rhs, (SymbolicRHS, MLPRHS)):
+    if not isinstance(problem.rhs, (SymbolicRHS, MLPRHS, CNFRHS)):
         return f"the Julia backend cannot generate code for {type(problem.rhs).__name__}"
     if isinstance(solver, ALF):
         return (
@@ -297,8 +297,8 @@ def unsupported_reason(
             "saveat ascending inside its adjoints)"
         )
     if device == "cuda":
-        if not isinstance(problem.rhs, MLPRHS):
-            return "device='cuda' needs a vectorised (MLP) field: generated symbolic code indexes scalars of u"
+        if not isinstance(problem.rhs, (MLPRHS, CNFRHS)):
+            return "device='cuda' needs a vectorised (MLP or CNF) field: generated symbolic code indexes scalars of u"
         if isinstance(solver, AbstractImplicitSolver):
             return "device='cuda' with implicit solvers is not supported by crossode's Julia backend"
         if isinstance(sensitivity, Direct):
@@ -314,12 +314,12 @@ def unsupported_reason(
 def uses_inplace(
     problem: Problem, sensitivity: AbstractSensitivity, device: str = "cpu", solver: AbstractSolver | None = None
 ) -> bool:
-    """In-place ``f!(du, u, p, t)`` for scalar symbolic fields on CPU; out-of-place for MLPs (vectorised), on CUDA,
-    with ``vjp='zygote'`` (Zygote cannot differentiate mutation) and for ``Direct`` with an implicit solver
-    (``ReverseDiffAdjoint`` tracks an out-of-place field as a ``TrackedArray``; the in-place form would run the
-    finite-difference Jacobian and the linear solves on arrays of ``TrackedReal``, a path SciMLSensitivity's tests
-    do not take)."""
-    if device == "cuda" or isinstance(problem.rhs, MLPRHS):
+    """In-place ``f!(du, u, p, t)`` for scalar symbolic fields on CPU; out-of-place for MLP and CNF fields
+    (vectorised), on CUDA, with ``vjp='zygote'`` (Zygote cannot differentiate mutation) and for ``Direct`` with an
+    implicit solver (``ReverseDiffAdjoint`` tracks an out-of-place field as a ``TrackedArray``; the in-place form
+    would run the finite-difference Jacobian and the linear solves on arrays of ``TrackedReal``, a path
+    SciMLSensitivity's tests do not take)."""
+    if device == "cuda" or isinstance(problem.rhs, (MLPRHS, CNFRHS)):
         return False
     if isinstance(sensitivity, Direct) and isinstance(solver, AbstractImplicitSolver):
         return False
@@ -370,6 +370,7 @@ class JuliaCall:
     loss_kind: str
     weights: np.ndarray | None  # (n_state, n_save), C-contiguous (linear loss)
     targets: np.ndarray | None  # (n_state, n_save), C-contiguous (mse loss)
+    cnf_dims: int  # the sample dimension d of a cnf_nll loss (0 otherwise)
     device: str
     dtype: str
     n_states: int  # length of Julia's state vector: batch * n_states for a batched problem
@@ -469,6 +470,8 @@ def build_call(
     if problem.loss_data is not None:  # (n_save, [batch,] n) -> Julia's (batch * n, n_save)
         full = np.broadcast_to(problem.loss_data, problem.ys_shape).reshape(problem.saveat.size, -1)
         data = np.ascontiguousarray(full.T, dtype=np.float64)
+    from ._field import julia_source  # SymPy's Julia printer: imported when a cell is built, not by `crossode info`
+
     return JuliaCall(
         src=julia_source(problem.rhs, dtype, batch=problem.batch),
         iip=uses_inplace(problem, sensitivity, device, solver),
@@ -500,6 +503,7 @@ def build_call(
         loss_kind=problem.loss.kind,
         weights=data if problem.loss.kind == "linear" else None,
         targets=data if problem.loss.kind == "mse" else None,
+        cnf_dims=problem.n_states - 1 if problem.loss.kind == "cnf_nll" else 0,
         device=device,
         dtype=dtype,
         n_states=int(problem.y0.size),

@@ -32,6 +32,7 @@ __all__ = [
     "julia_dir",
     "import_order_reason",
     "cuda_reason",
+    "devices",
     "clear_cache",
     "SETUP_HINT",
 ]
@@ -73,13 +74,33 @@ def crossode_jl_path() -> Path:
     return julia_dir() / "src" / "CrossODE.jl"
 
 
+def juliapkg_state() -> dict | None:
+    """juliapkg's ``STATE`` (the paths of its environment, from environment variables), or ``None`` without juliapkg.
+
+    Read from ``juliapkg/state.py`` alone (os/sys only): ``import juliapkg.state`` would run the package's
+    ``__init__``, which imports its Julia installer (urllib, ssl, tarfile: ~0.4 s of ``crossode info``). Once juliapkg
+    itself is imported, its own ``STATE`` is returned.
+    """
+    loaded = sys.modules.get("juliapkg.state")
+    if loaded is not None:
+        return loaded.STATE
+    try:
+        spec = importlib.util.find_spec("juliapkg")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], "state.py")
+        state_spec = importlib.util.spec_from_file_location("_crossode_juliapkg_state", path)
+        module = importlib.util.module_from_spec(state_spec)
+        state_spec.loader.exec_module(module)  # not entered in sys.modules: juliapkg keeps its own on import
+        return dict(module.STATE)
+    except Exception:  # noqa: BLE001 - a broken or changed juliapkg: no resolved environment to report
+        return None
+
+
 def _resolved_executable() -> str | None:
     """The Julia executable of an environment juliapkg resolved before (``meta.json``), read without locking."""
-    try:
-        from juliapkg.state import STATE  # cheap: path computations only
-    except Exception:  # noqa: BLE001
-        return None
-    meta = STATE.get("meta")
+    state = juliapkg_state()
+    meta = state.get("meta") if state else None
     if not meta or not os.path.isfile(meta):
         return None
     try:
@@ -117,14 +138,17 @@ def import_order_reason() -> str | None:
     return None
 
 
+def devices() -> list[str]:
+    """The Julia backend's devices: ``['cpu']``, plus ``'cuda'`` when :func:`cuda_reason` finds nothing missing."""
+    return ["cpu"] + (["cuda"] if cuda_reason() is None else [])
+
+
 def cuda_reason() -> str | None:
     """``None`` if CUDA.jl is declared in juliapkg's environment and an NVIDIA driver is visible, else why not."""
     if shutil.which("nvidia-smi") is None:
         return "no NVIDIA driver found (nvidia-smi is not on PATH)"
     try:
-        from juliapkg.state import STATE
-
-        text = Path(STATE["project"], "Project.toml").read_text(encoding="utf-8")
+        text = Path(juliapkg_state()["project"], "Project.toml").read_text(encoding="utf-8")
     except Exception:  # noqa: BLE001
         text = ""
     if "052768ef-5323-5732-b1bb-66c8b64840ba" not in text:

@@ -14,6 +14,7 @@ from ..._backend import Prepared
 from ..._errors import UnsupportedError
 from ..._record import GradientOutput, SolveOutput, Stats
 from ..._reference import reference
+from .._capabilities import reference_devices
 
 
 class _PreparedReference(Prepared):
@@ -40,7 +41,7 @@ class ReferenceBackend:
         return {"numpy": np.__version__, "scipy": scipy.__version__}
 
     def devices(self) -> list[str]:
-        return ["cpu"]
+        return reference_devices()
 
     def supports(self, problem, solver, sensitivity, step, device="cpu") -> str | None:
         if device != "cpu":

@@ -1,5 +1,6 @@
 """crossode's PyTorch backend: explicit RK and ALF solvers with Direct, Checkpointed, Backsolve, Forward and MALI
-gradients. :func:`odeint` is the native API for training code; :class:`TorchBackend` the harness adapter;
+gradients. :func:`odeint` / :func:`odeint_adjoint` are the native API for training code (torchdiffeq's keywords
+or crossode's descriptors); :class:`TorchBackend` the harness adapter;
 :func:`make_vector_field` builds a neutral problem's field as an ``nn.Module`` for any torch solver."""
 
 import torch
@@ -7,9 +8,9 @@ import torch
 from ..._rhs import SymbolicRHS
 from ._backend import TorchBackend as TorchBackend
 from ._field import make_field
-from .odeint import odeint as odeint
+from .odeint import odeint as odeint, odeint_adjoint as odeint_adjoint
 
-__all__ = ["TorchBackend", "odeint", "make_vector_field", "VectorField"]
+__all__ = ["TorchBackend", "odeint", "odeint_adjoint", "make_vector_field", "VectorField"]
 
 
 class VectorField(torch.nn.Module):

@@ -18,22 +18,13 @@ import torch
 from ..._backend import Prepared
 from ..._errors import InvalidInputError, UnsupportedError
 from ..._record import GradientOutput, SolveOutput, SolverFailure, Stats
-from ..._sensitivity import (
-    MALI,
-    AbstractSensitivity,
-    Checkpointed,
-    Direct,
-    Forward,
-    GaussAdjoint,
-    InterpolatingAdjoint,
-    QuadratureAdjoint,
-)
-from ..._solvers import ALF, AbstractImplicitSolver, AbstractSolver, AbstractStepControl, Adaptive, Fixed
+from ..._sensitivity import AbstractSensitivity, Direct
+from ..._solvers import ALF, AbstractSolver, AbstractStepControl
 from ..._tableaux import TABLEAUX
+from .._capabilities import torch_supports
 from ._field import make_field_and_params
-from ._forward import MAX_FORWARD_ENTRIES
 from ._solve import SolveSpec, solve
-from .odeint import check_config, odeint
+from .odeint import odeint
 
 __all__ = ["TorchBackend"]
 
@@ -64,36 +55,8 @@ class TorchBackend:
         step: AbstractStepControl,
         device: str = "cpu",
     ) -> str | None:
-        """``None`` if supported, else a one-line reason."""
-        if not isinstance(step, (Adaptive, Fixed)):
-            return f"unknown step control {step!r}; use Adaptive(...) or Fixed(dt)."
-        if device not in ("cpu", "cuda"):
-            return f"unknown device {device!r}; the PyTorch backend runs on 'cpu' or 'cuda'."
-        if device == "cuda" and not torch.cuda.is_available():
-            return "no CUDA device is available to PyTorch here."
-        if isinstance(solver, AbstractImplicitSolver):
-            return f"implicit solvers such as {type(solver).__name__} are not implemented in the PyTorch backend."
-        if isinstance(sensitivity, (InterpolatingAdjoint, QuadratureAdjoint, GaussAdjoint)):
-            return f"`{type(sensitivity).__name__}` is a Julia-only sensitivity (SciMLSensitivity)."
-        if isinstance(solver, ALF):
-            if not isinstance(sensitivity, (MALI, Direct, Checkpointed)):
-                return f"`solver=ALF()` supports MALI(), Direct() and Checkpointed() in PyTorch; got `{sensitivity!r}`."
-            if isinstance(sensitivity, Checkpointed) and (sensitivity.checkpoints, sensitivity.vjp) != (None, "auto"):
-                return f"PyTorch ALF supports only `Checkpointed()` (every step, vjp='auto'); got `{sensitivity!r}`."
-            return None
-        if isinstance(sensitivity, MALI):
-            return f"`sensitivity=MALI()` requires `solver=ALF()`; got `solver={solver!r}`."
-        reason = check_config(solver, sensitivity, step)
-        if reason is not None:
-            return reason
-        if isinstance(sensitivity, Forward):
-            n, p = problem.y0.size, problem.n_params  # a batch is one state of batch * n_states entries
-            if n * (n + p) > MAX_FORWARD_ENTRIES:
-                return (
-                    f"`Forward()` propagates a {n} x {n + p} sensitivity matrix, above the PyTorch backend's limit "
-                    f"of {MAX_FORWARD_ENTRIES} entries; use Direct() or Checkpointed()."
-                )
-        return None
+        """``None`` if supported, else a one-line reason (:func:`crossode.backends._capabilities.torch_supports`)."""
+        return torch_supports(problem, solver, sensitivity, step, device, cuda_available=torch.cuda.is_available)
 
     def prepare(
         self,

@@ -21,12 +21,14 @@ import torch
 from ..._solvers import Adaptive
 from ._control import initial_step, rms_norm
 from ._rk import integrate
+from .._capabilities import TORCH_MAX_FORWARD_ENTRIES
 from ._solve import SolveSpec, add_stat, grad_or_none
 
 __all__ = ["forward_solve", "MAX_FORWARD_ENTRIES"]
 
-MAX_FORWARD_ENTRIES = 4_000_000
-"""Largest ``N * (N + P)`` (entries of the sensitivity matrix) the backend accepts for :class:`Forward`."""
+MAX_FORWARD_ENTRIES = TORCH_MAX_FORWARD_ENTRIES
+"""Largest ``N * (N + P)`` (entries of the sensitivity matrix) the backend accepts for :class:`Forward`
+(declared in :mod:`crossode.backends._capabilities`, which decides support without importing torch)."""
 
 
 def _jacobian_rows(fy: torch.Tensor, inputs: tuple, n: int) -> list:

@@ -28,7 +28,7 @@ from ..._errors import InvalidInputError
 from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, Direct, mali_reconstruction, mali_reconstruction_failure
 from ._alf import _add_stats, _Counter, _time, _vjp, _vjp_fast_ok, march
-from ._solve import check_params_declared
+from ._solve import SaveTimes, StartTime, check_params_declared, count_backward
 
 __all__ = ["solve", "mali_saved_summary"]
 
@@ -60,58 +60,6 @@ class _CountVJP(torch.autograd.Function):
     def backward(ctx, g):
         _add_stats(ctx.stats, bwd=1)
         return g, None
-
-
-def _counted(func, stats):
-    """``func`` whose outputs count one backward evaluation when autograd passes through them (Direct)."""
-    if stats is None:
-        return func
-    return lambda t, y: _CountVJP.apply(func(t, y), stats)
-
-
-class _StartTime(torch.autograd.Function):
-    """Identity on ``y0`` that gives ``t[0]`` the gradient ``-<dL/dz0, f(t0, y0)>`` (continuous-flow identity)."""
-
-    @staticmethod
-    def forward(ctx, t, y0, cfg):
-        ctx.cfg = cfg
-        ctx.t_meta = (t.shape, t.dtype, t.device)
-        return y0.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        gt = None
-        if ctx.needs_input_grad[0]:
-            shape, dtype, device = ctx.t_meta
-            gt = torch.zeros(shape, dtype=dtype, device=device)
-            gt[0] = -float(torch.sum(g.double() * ctx.cfg.f0.double()))  # t may live on another device
-        return gt, g, None
-
-
-class _SaveTimes(torch.autograd.Function):
-    """Identity on the saved states that gives ``t[i]``, ``i >= 1``, the gradient ``<dL/dy_i, f(t_i, y_i)>``."""
-
-    @staticmethod
-    def forward(ctx, t, ys, cfg):
-        ctx.cfg = cfg
-        ctx.t_meta = (t.shape, t.dtype, t.device)
-        ctx.save_for_backward(ys)
-        return ys.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        gt = None
-        if ctx.needs_input_grad[0]:
-            (ys,) = ctx.saved_tensors
-            cfg = ctx.cfg
-            shape, dtype, device = ctx.t_meta
-            gt = torch.zeros(shape, dtype=dtype, device=device)
-            with torch.no_grad():
-                for i in range(ys.shape[0]):
-                    fi = cfg.func(_time(cfg.times[i + 1], ys[i]), ys[i])
-                    gt[i + 1] = float(torch.sum(g[i].double() * fi.double()))
-            _add_stats(cfg.stats, bwd=ys.shape[0])
-        return gt, g, None
 
 
 def _save_map(save_steps) -> dict[int, list[int]]:
@@ -323,7 +271,7 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
 
     check = torch.is_grad_enabled() and not isinstance(sensitivity, Direct)
     if time_grad:
-        z0 = _StartTime.apply(t, y0, cfg)
+        z0 = StartTime.apply(t, y0, cfg)
     elif check and y0.requires_grad:
         z0 = y0.view_as(y0)  # a node of its own: a closure over y0 itself is not mistaken for the state
     else:
@@ -344,17 +292,19 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
 
     if not needs_grad or isinstance(sensitivity, Direct):
         counter = _Counter()
-        f = _counted(func, stats) if needs_grad else func
         try:
-            traj = march(f, z0, v0, times, eta, step, counter)
+            traj = march(func, z0, v0, times, eta, step, counter)
         finally:
             _add_stats(stats, fwd=counter.nfe_forward, acc=counter.accepted, rej=counter.rejected)
         ys = torch.stack(traj.saves)
+        if needs_grad and stats is not None and ys.requires_grad:
+            # one VJP per accepted step up to the last save (its midpoint evaluation), counted by ONE hook
+            count_backward(ys, stats, int(traj.save_steps[-1]))
     else:
         fn = _MALIFunction if isinstance(sensitivity, MALI) else _CheckpointFunction
         ys = fn.apply(cfg, z0, v0, *params)
     if time_grad:
-        ys = _SaveTimes.apply(t, ys, cfg)
+        ys = SaveTimes.apply(t, ys, cfg)
     return torch.cat([y0.unsqueeze(0), ys])
 
 

@@ -38,16 +38,15 @@ class Field:
     ``func`` gets ``t`` as a 0-d float64 tensor; its output must have the state's shape and is cast to the
     state's dtype.
 
-    ``nfe`` counts evaluations. With ``on_vjp`` set, every output that requires grad gets a hook calling
-    ``on_vjp()`` when autograd backpropagates through it (one VJP of ``f``): this is how Direct counts its
-    backward evaluations exactly, rejected and dead-end stages excluded.
+    ``nfe`` counts evaluations; ``on_graph`` records whether any output required grad (Direct's backward VJP
+    count, :func:`~._solve.solve`, is then known from the accepted steps: no per-evaluation autograd hook).
     """
 
-    def __init__(self, func: Callable, device: torch.device, *, on_vjp: Callable[[], None] | None = None):
+    def __init__(self, func: Callable, device: torch.device):
         self.func = func
         self.device = device
         self.nfe = 0
-        self.on_vjp = on_vjp
+        self.on_graph = False
 
     def time(self, t: float) -> torch.Tensor:
         """``t`` as a 0-d float64 tensor on the state's device (0-d tensors do not promote float32 states)."""
@@ -62,9 +61,8 @@ class Field:
         if out.dtype != y.dtype:
             # e.g. a float32 state times a float64 function of t in 0-d arithmetic: keep the state's precision.
             out = out.to(y.dtype)
-        if self.on_vjp is not None and out.requires_grad:
-            on_vjp = self.on_vjp
-            out.register_hook(lambda grad: on_vjp())
+        if out.requires_grad:
+            self.on_graph = True
         return out
 
 

@@ -15,7 +15,8 @@ from ..._solvers import Adaptive, Fixed
 from ..._tableaux import ButcherTableau
 from ._rk import Field, integrate
 
-__all__ = ["SolveSpec", "solve", "add_stat", "grad_or_none", "resolve_params", "check_params_declared"]
+__all__ = ["SolveSpec", "solve", "add_stat", "count_backward", "grad_or_none", "resolve_params",
+           "check_params_declared", "StartTime", "SaveTimes", "TimeGrad"]
 
 
 @dataclasses.dataclass
@@ -35,15 +36,23 @@ class SolveSpec:
     params: tuple
     stats: Stats | None = None
 
-    def field(self, device: torch.device, *, on_vjp: Callable[[], None] | None = None) -> Field:
+    def field(self, device: torch.device) -> Field:
         """A fresh counting :class:`Field` around :attr:`func`."""
-        return Field(self.func, device, on_vjp=on_vjp)
+        return Field(self.func, device)
 
 
 def add_stat(stats: Stats | None, name: str, value: int) -> None:
     """``stats.name += value``, treating ``None`` as 0 (no-op without ``stats``)."""
     if stats is not None:
         setattr(stats, name, (getattr(stats, name) or 0) + int(value))
+
+
+def count_backward(out: torch.Tensor, stats: Stats, n_vjp: int) -> None:
+    """Add ``n_vjp`` to ``stats.nfe_backward`` each time autograd backpropagates through ``out``: ONE hook per
+    solve, not one per evaluation (Direct knows its VJP count from the forward pass: every stage on the path to
+    the saved states of every accepted step up to the last save; rejected attempts and stages that only feed the
+    error estimate are not on the graph)."""
+    out.register_hook(lambda grad: add_stat(stats, "nfe_backward", n_vjp))
 
 
 def grad_or_none(outputs, inputs, grad_outputs, **kwargs) -> list:
@@ -160,23 +169,86 @@ def check_params_declared(out, declared, sensitivity, stop_nodes=()) -> None:
         )
 
 
+# ----------------------------------------------------------------------------------------------- time gradients
+
+
+class StartTime(torch.autograd.Function):
+    """Identity on ``y0`` that gives ``t[0]`` the gradient ``-<dL/dz0, f(t0, y0)>`` (continuous-flow identity).
+
+    ``cfg`` carries ``f0 = f(t0, y0)`` (detached); ``dL/dz0`` is the gradient reaching the start of the
+    integration, so the output row ``y(t0) = y0`` must not pass through this node."""
+
+    @staticmethod
+    def forward(ctx, t, y0, cfg):
+        ctx.cfg = cfg
+        ctx.t_meta = (t.shape, t.dtype, t.device)
+        return y0.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        gt = None
+        if ctx.needs_input_grad[0]:
+            shape, dtype, device = ctx.t_meta
+            gt = torch.zeros(shape, dtype=dtype, device=device)
+            gt[0] = -float(torch.sum(g.double() * ctx.cfg.f0.double()))  # t may live on another device
+        return gt, g, None
+
+
+class SaveTimes(torch.autograd.Function):
+    """Identity on the saved states ``y(t[1:])`` that gives ``t[i]``, ``i >= 1``, the gradient
+    ``<dL/dy_i, f(t_i, y_i)>``, evaluating ``cfg.func`` at ``cfg.times[i]`` (one evaluation per save time, added
+    to ``cfg.stats.nfe_backward``)."""
+
+    @staticmethod
+    def forward(ctx, t, ys, cfg):
+        ctx.cfg = cfg
+        ctx.t_meta = (t.shape, t.dtype, t.device)
+        ctx.save_for_backward(ys)
+        return ys.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        gt = None
+        if ctx.needs_input_grad[0]:
+            (ys,) = ctx.saved_tensors
+            cfg = ctx.cfg
+            shape, dtype, device = ctx.t_meta
+            gt = torch.zeros(shape, dtype=dtype, device=device)
+            with torch.no_grad():
+                for i in range(ys.shape[0]):
+                    ti = torch.full((), cfg.times[i + 1], dtype=torch.float64, device=ys.device)
+                    gt[i + 1] = float(torch.sum(g[i].double() * cfg.func(ti, ys[i]).double()))
+            add_stat(cfg.stats, "nfe_backward", ys.shape[0])
+        return gt, g, None
+
+
+@dataclasses.dataclass
+class TimeGrad:
+    """What :class:`StartTime` and :class:`SaveTimes` need: ``func``, the float ``times``, ``stats``, ``f0``."""
+
+    func: Callable
+    times: list
+    stats: Stats | None
+    f0: torch.Tensor | None = None
+
+
 def solve(spec: SolveSpec, y0: torch.Tensor, sensitivity: AbstractSensitivity) -> torch.Tensor:
     """Solve and return the saved states stacked as ``(len(t_save), *y0.shape)``, differentiable w.r.t. ``y0``
     and ``spec.params`` by ``sensitivity``. Fills ``spec.stats`` (forward counts now, ``nfe_backward`` when
     autograd runs the backward pass)."""
     stats = spec.stats
     if isinstance(sensitivity, Direct):
-        on_vjp = None
-        if stats is not None:
-            # Each hook adds one VJP as autograd reaches it; none fires for rejected or dead-end stages.
-            stats.nfe_backward = stats.nfe_backward or 0
-            on_vjp = lambda: add_stat(stats, "nfe_backward", 1)  # noqa: E731
-        field = spec.field(y0.device, on_vjp=on_vjp)
+        field = spec.field(y0.device)
         sol = integrate(field, spec.tab, y0, spec.t0, spec.t1, spec.t_save, spec.step)
         add_stat(stats, "nfe_forward", field.nfe)
         add_stat(stats, "steps_accepted", sol.accepted)
         add_stat(stats, "steps_rejected", sol.rejected)
-        return torch.stack(sol.ys)
+        ys = torch.stack(sol.ys)
+        if stats is not None:
+            stats.nfe_backward = stats.nfe_backward or 0
+            if field.on_graph and ys.requires_grad:
+                count_backward(ys, stats, spec.tab.solution_stages * sol.save_steps[-1])
+        return ys
     if isinstance(sensitivity, Checkpointed):
         from ._checkpoint import checkpointed_solve
 

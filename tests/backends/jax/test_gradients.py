@@ -244,6 +244,17 @@ def test_batched_gradients_vs_reference(batched, solver, sens, step, tol):
     assert g.loss == pytest.approx(ref.loss, rel=tol)
 
 
+@pytest.mark.slow
+def test_cnf_backsolve_vs_reference():
+    """A batched CNF (exact trace: reverse over JAX forward mode in the adjoint's VJPs) through Backsolve; Direct and
+    MALI: tests/test_cross_backend.py (torch == JAX, both against the reference)."""
+    problem = get_problem("cnf_moons", batch=8, widths=[2, 16, 16, 2], scale=2.0)
+    g = LAZY.prepare(problem, Dopri5(), Backsolve(), Adaptive(rtol=1e-7, atol=1e-9)).gradient()
+    ref = reference(problem)
+    assert rel(np.concatenate([g.dparams, g.dy0.ravel()]), ref.grad) < 1e-7  # measured 9.0e-9
+    assert g.loss == pytest.approx(ref.loss, rel=1e-7)  # measured 6.6e-9
+
+
 def test_batched_forward_mode_and_solve_shapes():
     problem = get_problem("spiral_fit", batch=2, n_save=3, width=4)  # cube features
     prepared = LAZY.prepare(problem, Dopri5(), Forward(), Adaptive(rtol=1e-10, atol=1e-12))

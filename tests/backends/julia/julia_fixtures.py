@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:  # run as a script from the repository root
 
 import crossode  # noqa: E402
 from crossode import (  # noqa: E402
+    CNFRHS,
     MLPRHS,
     RK4,
     Adaptive,
@@ -99,6 +100,10 @@ def problems() -> dict[str, Problem]:
         "batch_linear_weights": Problem(lin, y0=[[1.0, 0.5], [-0.5, 0.25]], params=p0, tspan=(0.0, 1.0),
                                         saveat=[0.25, 0.5, 1.0], loss=Loss("linear", np.stack([w, -w], axis=1)),
                                         name="batch_linear_weights"),
+        # a batched CNF: state [x; logp] per sample, exact trace by forward tangents, cnf_nll loss
+        "batch_cnf": Problem(CNFRHS([2, 5, 4, 2], activation="tanh", time_input=True, seed=3),
+                             y0=[[0.5, -0.3, 0.0], [0.2, 0.4, 0.0], [-0.6, 0.1, 0.0]], tspan=(0.0, 1.0),
+                             loss=Loss("cnf_nll"), name="batch_cnf"),
     }
 
 
@@ -139,6 +144,9 @@ def gradient_cells() -> list[tuple[str, str, object, object, object, str]]:
         for solver, step in ((Tsit5(), tight), (RK4(), Fixed(dt=FIXED_DT))):
             for sens in SENSITIVITIES:
                 add("batch", name, solver, sens, step)
+    for solver, step in ((Tsit5(), tight), (RK4(), Fixed(dt=FIXED_DT))):
+        for sens in SENSITIVITIES:
+            add("cnf", "batch_cnf", solver, sens, step)
     for solver in (Dopri5(), Tsit5()):  # NaN-guarded sqrt: steps that leave its domain are rejected, not thrown
         for sens in SENSITIVITIES:
             add("nan_guard", "sqrt_decay", solver, sens, Adaptive(rtol=1e-6, atol=1e-8))
@@ -182,6 +190,9 @@ def field_cases() -> list[dict]:
                                             "sqrt(2)*pi*x - E*y + exp(1)*t + x/3 + 1/3"])
     mlps = [MLPRHS([2, 5, 4, 2], activation="tanh", seed=3), MLPRHS([3, 4, 3], activation="softplus", seed=4),
             MLPRHS([2, 3, 2], activation="relu", seed=5), MLPRHS([2, 3, 2], activation="sigmoid", seed=6)]
+    cnfs = [CNFRHS([2, 5, 4, 2], activation="tanh", seed=3), CNFRHS([2, 4, 2], activation="softplus", seed=4),
+            CNFRHS([3, 4, 3], activation="sigmoid", time_input=False, seed=5),
+            CNFRHS([2, 2], activation="identity", seed=6), CNFRHS([2, 3, 3, 2], activation="identity", seed=7)]
     out = []
     for dtype in ("float64", "float32"):
         for u in ([0.3, 0.7], [-0.3, 0.7], [0.3, -0.7]):
@@ -195,6 +206,13 @@ def field_cases() -> list[dict]:
             p = m.initial_params()
             out.append(dict(name=f"mlp_{m.activation}_{dtype}", src=(f"mlp_{m.activation}", m, dtype), u=u, p=p,
                             t=0.0, f=np.asarray(m.f(0.0, u, p), dtype=np.float64), dtype=dtype))
+        for c in cnfs:
+            rng = np.random.default_rng(len(c.widths))
+            u = rng.normal(size=c.n_states)
+            p = c.initial_params()
+            label = f"cnf_{c.activation}_{'-'.join(map(str, c.widths))}{'_time' if c.time_input else ''}"
+            out.append(dict(name=f"{label}_{dtype}", src=(label, c, dtype), u=u, p=p, t=0.3,
+                            f=np.asarray(c.f(0.3, u, p), dtype=np.float64), dtype=dtype))
     return out
 
 

@@ -49,7 +49,7 @@ def test_fixtures_cover_every_supported_combination(group):
 
 def test_fixture_groups_exercise_each_issue_12_case():
     groups = {c[0] for c in julia_fixtures.gradient_cells()}
-    assert {"linear", "mlp", "vjp", "noparams", "backward", "weights", "float32", "nan_guard"} <= groups
+    assert {"linear", "mlp", "vjp", "noparams", "backward", "weights", "float32", "nan_guard", "cnf"} <= groups
     dtypes = {c[5] for c in julia_fixtures.gradient_cells()}
     assert dtypes == {"float64", "float32"}
 

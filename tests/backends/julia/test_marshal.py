@@ -14,6 +14,7 @@ import sympy
 import crossode
 from crossode import (
     ALF,
+    CNFRHS,
     MALI,
     MLPRHS,
     RK4,
@@ -244,6 +245,96 @@ def test_generated_mlp_code_matches_numpy(widths, activation):
     for _ in range(3):
         u = rng.normal(size=rhs.n_states)
         np.testing.assert_allclose(eval_generated_mlp(src, activation, u, p), rhs.f(0.0, u, p), rtol=1e-13, atol=1e-14)
+
+
+_ACT_DERIVATIVE = {
+    "tanh": lambda z: 1.0 - np.tanh(z) ** 2,
+    "softplus": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "sigmoid": lambda z: np.exp(-z) / (1.0 + np.exp(-z)) ** 2,
+}
+
+
+def eval_generated_cnf(src: str, activation: str, u: np.ndarray, p: np.ndarray, t: float) -> np.ndarray:
+    """Run the generated CNF code line by line with Julia's semantics: column-major reshapes, 1-based ranges, a
+    Julia vector as an ``(n, 1)`` column (it broadcasts along the columns of a matrix as in Julia)."""
+    env = {"u": u, "t": t}
+
+    def col(x):
+        return np.asarray(x).reshape(-1, 1)
+
+    def term(text):  # `(W3 * v2_1)`, `W1[:, 2]`, `v1_1`, optionally followed by `[j:j, :]`
+        if m := re.fullmatch(r"(.*)\[(\d+):(\d+), :\]", text):
+            a, b = int(m.group(2)), int(m.group(3))
+            return term(m.group(1))[a - 1 : b, :]
+        if m := re.fullmatch(r"\((W\d+) \* (\w+)\)", text):
+            return env[m.group(1)] @ env[m.group(2)]
+        if m := re.fullmatch(r"(W\d+)\[:, (\d+)\]", text):
+            return col(env[m.group(1)][:, int(m.group(2)) - 1])
+        return env[text]
+
+    for line in src.split("function rhs_oop(u, p, t)", 1)[1].split("\n    end", 1)[0].strip().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if m := re.fullmatch(r"U = reshape\(u, (\d+), (\d+)\)", line):
+            env["U"] = np.reshape(u, (int(m.group(1)), int(m.group(2))), order="F")
+        elif m := re.fullmatch(r"X = U\[1:(\d+), :\]", line):
+            env["X"] = env["U"][: int(m.group(1)), :]
+        elif m := re.fullmatch(r"(R1|W\d+) = (transpose\()?reshape\(p\[(\d+):(\d+)\], (\d+), (\d+)\)\)?", line):
+            a, b, rows, cols = map(int, m.groups()[2:])
+            w = np.reshape(p[a - 1 : b], (rows, cols), order="F")
+            env[m.group(1)] = w.T if m.group(2) else w
+        elif m := re.fullmatch(r"W1 = transpose\(R1\[1:(\d+), :\]\)", line):
+            env["W1"] = env["R1"][: int(m.group(1)), :].T
+        elif m := re.fullmatch(r"w1t = R1\[(\d+), :\]", line):
+            env["w1t"] = col(env["R1"][int(m.group(1)) - 1, :])
+        elif m := re.fullmatch(r"(b\d+) = p\[(\d+):(\d+)\]", line):
+            env[m.group(1)] = col(p[int(m.group(2)) - 1 : int(m.group(3))])
+        elif m := re.fullmatch(r"(z\d+) = (W\d+) \* (\w+) \.\+ \((b1) \.\+ t \.\* w1t\)", line):
+            env[m.group(1)] = env[m.group(2)] @ env[m.group(3)] + (env["b1"] + t * env["w1t"])
+        elif m := re.fullmatch(r"(z\d+) = (W\d+) \* (\w+) \.\+ (b\d+)", line):
+            env[m.group(1)] = env[m.group(2)] @ env[m.group(3)] + env[m.group(4)]
+        elif m := re.fullmatch(r"(h\d+) = (.*)", line):
+            z = "z" + m.group(1)[1:]
+            assert m.group(2) == _field.ACTIVATION_CODE[activation].format(z=z)
+            env[m.group(1)] = _ACT[activation](env[z])
+        elif m := re.fullmatch(r"(s(\d+)) = (.*)", line):
+            z, h = f"z{m.group(2)}", f"h{m.group(2)}"
+            assert m.group(3) == _field.ACTIVATION_DERIVATIVE_CODE[activation].format(z=z, h=h)
+            env[m.group(1)] = _ACT_DERIVATIVE[activation](env[z])
+        elif m := re.fullmatch(r"(v\d+_\d+) = (s\d+) \.\* (.*)", line):
+            env[m.group(1)] = env[m.group(2)] * term(m.group(3))
+        elif m := re.fullmatch(r"(v\d+_\d+) = (.*)", line):
+            env[m.group(1)] = term(m.group(2))
+        elif m := re.fullmatch(r"tr = zero\(X\[1:1, :\]\) \.\+ (.*)", line):
+            env["tr"] = np.zeros_like(env["X"][:1, :]) + sum(term(x) for x in m.group(1).split(" .+ "))
+        elif m := re.fullmatch(r"return vec\(vcat\((z\d+), \.-tr\)\)", line):
+            return np.vstack([env[m.group(1)], -env["tr"]]).ravel(order="F")
+        else:
+            raise AssertionError(f"unexpected generated line: {line!r}")
+    raise AssertionError("no return line")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "sigmoid", "identity"])
+@pytest.mark.parametrize("widths, time_input", [((2, 3, 4, 2), True), ((2, 2), True), ((3, 5, 3), False),
+                                                ((2, 2), False)])
+def test_generated_cnf_code_matches_numpy(widths, time_input, activation):
+    rhs = CNFRHS(list(widths), activation=activation, time_input=time_input, seed=7)
+    p = rhs.initial_params()
+    rng = np.random.default_rng(1)
+    for batch in (None, 4):
+        src = _field.julia_source(rhs, batch=batch)
+        y = rng.normal(size=(batch or 1, rhs.n_states))  # the neutral (batch, n) layout, flattened row-major
+        want = rhs.f(0.3, y, p).ravel()
+        np.testing.assert_allclose(eval_generated_cnf(src, activation, y.ravel(), p, 0.3), want, rtol=1e-13,
+                                   atol=1e-14)
+
+
+def test_cnf_loss_travels_with_its_dimension():
+    prob = crossode.get_problem("cnf_moons", batch=3, widths=[2, 4, 2])
+    call = _marshal.build_call(prob, Tsit5(), GaussAdjoint(), Adaptive())
+    kw = call.build_kwargs()
+    assert kw["loss_kind"] == "cnf_nll" and kw["cnf_dims"] == 2 and kw["weights"] is None and kw["targets"] is None
+    assert kw["iip"] is False and kw["u0"].shape == (9,)
+    assert _marshal.build_call(crossode.get_problem("mlp"), Tsit5(), GaussAdjoint(), Adaptive()).cnf_dims == 0
 
 
 def test_mlp_layout_is_not_the_naive_column_major_one():

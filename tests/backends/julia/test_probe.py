@@ -304,3 +304,22 @@ def test_julia_layouts_round_trip():
     assert out.loss == pytest.approx(loss, rel=1e-8)
     np.testing.assert_allclose(out.dparams, dp, rtol=1e-6)
     np.testing.assert_allclose(out.dy0, dy0, rtol=1e-6)
+
+
+def test_juliapkg_state_read_without_importing_juliapkg(tmp_path):
+    """``crossode info`` reads juliapkg's environment paths without running juliapkg's ``__init__`` (which imports
+    its installer: ~0.4 s), and gets juliapkg's own answer: a resolved executable named in ``meta.json`` is found."""
+    if _probe.importlib.util.find_spec("juliapkg") is None:
+        pytest.skip("juliapkg not installed")
+    exe = tmp_path / "julia"
+    exe.write_text("#!/bin/sh\n")
+    (tmp_path / "pyjuliapkg").mkdir()
+    (tmp_path / "pyjuliapkg" / "meta.json").write_text('{"executable": "%s"}' % exe)
+    code = ("import sys\nfrom crossode.backends.julia import _probe\nmine = _probe.juliapkg_state()\n"
+            "assert 'juliapkg' not in sys.modules, 'juliapkg imported'\nprint(_probe._resolved_executable())\n"
+            "import juliapkg.state\nassert mine == juliapkg.state.STATE, (mine, juliapkg.state.STATE)\n"
+            "assert _probe.juliapkg_state() is juliapkg.state.STATE")
+    env = {**os.environ, "PYTHON_JULIAPKG_PROJECT": str(tmp_path), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(exe)

@@ -25,7 +25,7 @@ import sympy
 tree_sitter = pytest.importorskip("tree_sitter")
 tree_sitter_julia = pytest.importorskip("tree_sitter_julia")
 
-from crossode import MLPRHS, SymbolicRHS  # noqa: E402
+from crossode import CNFRHS, MLPRHS, SymbolicRHS  # noqa: E402
 from crossode.backends.julia import _field, _marshal  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -280,10 +280,13 @@ def extra_fields():
     mlps = [MLPRHS([2, 3, 2], activation=a, seed=1) for a in ("tanh", "relu", "softplus", "sigmoid", "identity")]
     mlps += [MLPRHS([2, 3, 2], time_input=True, seed=1), MLPRHS([2, 3, 2], features="cube", seed=1),
              MLPRHS([3, 3], time_input=True, features="cube", seed=1)]
+    cnfs = [CNFRHS([2, 3, 4, 2], activation=a, seed=1) for a in ("tanh", "softplus", "sigmoid", "identity")]
+    cnfs += [CNFRHS([3, 3], time_input=False, seed=1), CNFRHS([2, 2], activation="identity", seed=1)]
     return [("every_function", every_function), ("constant_component", constant)] + [
         (f"mlp_{m.activation}{'_time' if m.time_input else ''}{'_cube' if m.features == 'cube' else ''}", m)
         for m in mlps
-    ] + [("mlp_deep", MLPRHS([3, 4, 5, 3], seed=2))]
+    ] + [("mlp_deep", MLPRHS([3, 4, 5, 3], seed=2))] + [
+        (f"cnf_{c.activation}_{'-'.join(map(str, c.widths))}{'_time' if c.time_input else ''}", c) for c in cnfs]
 
 
 # ------------------------------------------------------------------------------------------ syntax
@@ -305,6 +308,8 @@ GENERATED_NAMES = {
     "vec", "reduce", "vcat",
     # locals of batched, time-input and cube-feature fields
     "U", "X", "R1", "w1t", "one_trajectory", "v", "b", "o",
+    # locals of CNF fields: derivatives s<l>, tangents v<l>_<j>, the trace
+    "tr",
 }
 """Identifiers generated code may use (Base functions that never throw a DomainError, NaNMath, and locals)."""
 
@@ -313,7 +318,7 @@ def _check_generated(src: str):
     assert not syntax_errors(src), (syntax_errors(src), src)
     assert "rhs_oop" in src and "rhs_iip!" in src and "(oop = rhs_oop, iip = rhs_iip!)" in src
     names = bare_identifiers(src)
-    unknown = {n for n in names if n not in GENERATED_NAMES and not re.fullmatch(r"[Wbzh]\d+", n)}
+    unknown = {n for n in names if n not in GENERATED_NAMES and not re.fullmatch(r"[Wbzhs]\d+|v\d+_\d+", n)}
     assert not unknown, (unknown, src)
     used = {c[1] for c in field_chains(src) if c[0] == "NaNMath"}
     assert used <= NANMATH_FUNCTIONS, used

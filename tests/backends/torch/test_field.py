@@ -42,3 +42,37 @@ def test_mlp_variants_match_numpy(kw):
     kw = {"widths": [3, 6, 3], **kw}
     problem = Problem(MLPRHS(**kw, seed=2), y0=np.ones((4, 3)), tspan=(0.0, 1.0))
     _check(problem, np.random.default_rng(1).standard_normal((4, 3)), t=1.7)
+
+
+@pytest.mark.parametrize("kw", [*[dict(activation=a) for a in ("tanh", "softplus", "sigmoid", "identity")],
+                                dict(time_input=False), dict(widths=[2, 2]), dict(widths=[3, 5, 3])], ids=str)
+def test_cnf_variants_match_numpy(kw):
+    from crossode import CNFRHS
+
+    kw = {"widths": [2, 6, 5, 2], **kw}
+    rhs = CNFRHS(**kw, seed=2)
+    problem = Problem(rhs, y0=np.zeros((4, rhs.n_states)), tspan=(0.0, 1.0))
+    _check(problem, np.random.default_rng(1).standard_normal((4, rhs.n_states)), t=0.6)
+    _check(problem, np.random.default_rng(2).standard_normal(rhs.n_states), t=0.6)  # one state
+
+
+def test_cnf_trace_under_no_grad_and_its_second_derivatives():
+    """The trace is plain tensor code: it runs under no_grad, and autograd through it gives the exact NumPy VJP
+    (which needs the activations' second derivatives)."""
+    from crossode import CNFRHS
+
+    rhs = CNFRHS([2, 6, 5, 2], "tanh", seed=4)
+    y = np.random.default_rng(3).standard_normal((5, 3))
+    a = np.random.default_rng(4).standard_normal((5, 3))
+    problem = Problem(rhs, y0=np.zeros((5, 3)), tspan=(0.0, 1.0))
+    p = torch.tensor(problem.params, requires_grad=True)
+    yt = torch.tensor(y, requires_grad=True)
+    f = make_field(problem, p)
+    with torch.no_grad():
+        np.testing.assert_allclose(f(torch.tensor(0.3, dtype=torch.float64), yt).numpy(), rhs.f(0.3, y, problem.params),
+                                   rtol=1e-13)
+    out = f(torch.tensor(0.3, dtype=torch.float64), yt)
+    gy, gp = torch.autograd.grad(out, (yt, p), torch.tensor(a))
+    vy, vp = rhs.vjp(0.3, y, problem.params, a)
+    np.testing.assert_allclose(gy.numpy(), vy, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(gp.numpy(), vp, rtol=1e-12, atol=1e-13)

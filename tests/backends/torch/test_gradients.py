@@ -314,6 +314,8 @@ BATCHED = {
     "spiral_cube": lambda: cx.get_problem("spiral_fit", batch=3, n_save=4, width=8),  # mse, cube features
     "lv_batch_weights": lambda: cx.get_problem("lotka_volterra", t1=2.0).remake(  # symbolic, batch-shaped weights
         y0=[[1.0, 1.0], [0.5, 1.5]], saveat=[1.0, 2.0], loss=cx.Loss("linear", np.arange(8.0).reshape(2, 2, 2))),
+    # CNF: state [x, logp], exact trace, cnf_nll loss; the trace's derivatives need s'' (autograd through the field)
+    "cnf_moons_small": lambda: cx.get_problem("cnf_moons", batch=8, widths=[2, 16, 16, 2], scale=2.0),
 }
 BATCHED_METHODS = {
     "dopri5-direct": (Dopri5(), Direct(), Adaptive(rtol=1e-9, atol=1e-11), 1e-7),

@@ -92,3 +92,15 @@ class WrongName(ToyBackend):
     """Registered under another name than it declares."""
 
     name = "something_else"
+
+
+class SlowDevices(ToyBackend):
+    """Its ``devices()`` hangs (a GPU initialisation that never returns): ``crossode info --devices`` must not."""
+
+    name = "slowdev"
+
+    def devices(self):
+        import time
+
+        time.sleep(120)
+        return ["cpu"]
