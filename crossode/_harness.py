@@ -35,7 +35,7 @@ from ._registry import get_backend
 from ._sensitivity import AbstractSensitivity, Direct, check_pair
 from ._solvers import AbstractSolver, AbstractStepControl, Adaptive, Dopri5, Fixed
 
-__all__ = ["solve", "gradient", "measure", "peak_rss_delta"]
+__all__ = ["solve", "gradient", "measure", "peak_rss_delta", "loss_function", "taylor_metric"]
 
 DTYPES = ("float64", "float32")
 
@@ -164,8 +164,12 @@ def measure(
     save_gradients: bool = False,
     with_reference: bool = True,
     tags: dict | None = None,
+    taylor: bool = False,
 ) -> Record:
     """Run one cell and return its :class:`Record` (see the module docstring for the protocol).
+
+    ``taylor=True`` adds the Taylor test of the measured ``dparams`` (:func:`taylor_metric`; untimed, about 21 more
+    forward solves) to the record's ``taylor_*`` fields.
 
     Invalid arguments (wrong types, unknown names) raise :class:`InvalidInputError`; everything that can happen
     while running (unavailable backend, unsupported combination, solver failure, unexpected exception) becomes the
@@ -181,6 +185,7 @@ def measure(
         rtol=step.rtol if isinstance(step, Adaptive) else None,
         atol=step.atol if isinstance(step, Adaptive) else None,
         dt=step.dt if isinstance(step, Fixed) else None,
+        batch_steps=step.batch_steps if isinstance(step, Adaptive) else None,
         device=device,
         dtype=dtype,
         threads=_threads(),
@@ -228,6 +233,7 @@ def measure(
     st = out.stats
     rec.nfe_forward, rec.nfe_backward = st.nfe_forward, st.nfe_backward
     rec.steps_accepted, rec.steps_rejected = st.steps_accepted, st.steps_rejected
+    rec.per_sample = getattr(st, "per_sample", None)
     rec.time_gradient_s = float(np.median(grad_times))
     rec.time_forward_s = float(np.median(fwd_times))
     own_compile = getattr(prepared, "compile_s", None)
@@ -237,7 +243,55 @@ def measure(
         rec.dparams, rec.dy0 = np.asarray(out.dparams).tolist(), np.asarray(out.dy0).tolist()
     if with_reference:
         _compare(rec, problem, out)
+    if taylor:
+        taylor_metric(rec, problem, backend, solver, sensitivity, step, device, dtype, out)
     return rec
+
+
+def loss_function(problem: Problem, backend, solver, sensitivity, step, device="cpu", dtype="float64"):
+    """``theta -> loss`` of the cell's own solver at parameters ``theta`` (NumPy float64), the ``J`` of the Taylor
+    test: through the backend's trainer (:func:`crossode._training.make_trainer`: one compiled solve program for
+    every ``theta``) where it has one, else a fresh ``prepare`` per ``theta``. A failed solve raises."""
+    from ._training import make_trainer, trainer_factory
+
+    name = backend if isinstance(backend, str) else getattr(backend, "name", None)
+    try:
+        trainer_factory(name)
+    except (UnsupportedError, KeyError, TypeError):
+        trainer = None
+    else:
+        trainer = make_trainer(name, problem, solver, sensitivity, step, device=device, dtype=dtype)
+    if trainer is not None:
+        return lambda theta: problem.loss.value(trainer.solve(theta))
+
+    def J(theta):
+        p = problem.remake(params=np.asarray(theta, dtype=np.float64))
+        return p.loss.value(_prepare(p, backend, solver, Direct(), step, device, dtype)[1].solve().ys)
+
+    return J
+
+
+def taylor_metric(rec: Record, problem: Problem, backend, solver, sensitivity, step, device, dtype,
+                  out: GradientOutput) -> None:
+    """Fill ``rec.taylor_*``: Onken & Ruthotto's Taylor test (:func:`crossode._taylor.taylor_test`, ``h = 2^-k``,
+    ``k = 1..20``, a seeded random unit direction) of ``out.dparams`` against :func:`loss_function`. Float64 cells
+    with parameters only (the round-off floor is float64's); otherwise ``taylor_status = "not_run"`` and why."""
+    from ._taylor import taylor_test
+
+    def skip(why):
+        rec.taylor_status, rec.taylor = "not_run", {"status": "not_run", "message": why}
+
+    if dtype != "float64":
+        return skip("the Taylor test needs float64 (its round-off floor is float64's)")
+    if problem.n_params == 0:
+        return skip("the problem has no parameters")
+    try:
+        J = loss_function(problem, backend, solver, sensitivity, step, device, dtype)
+        res = taylor_test(J, problem.params, np.ravel(out.dparams))
+    except Exception as e:  # noqa: BLE001 - the gradient's record stands; the Taylor test says why it could not run
+        return skip(one_line(f"{type(e).__name__}: {e}"))
+    rec.taylor_slope, rec.taylor_status, rec.taylor_inconsistency = res.slope, res.status, res.inconsistency
+    rec.taylor = res.to_dict()
 
 
 def _fail(rec: Record, status: str, message: str, details: str = "") -> Record:

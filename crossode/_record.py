@@ -93,12 +93,19 @@ class Stats:
     ``nfe_forward``/``nfe_backward``: vector-field evaluations in the forward and backward passes (a VJP or JVP
     of the vector field counts as one evaluation); ``steps_accepted``/``steps_rejected``: forward steps.
     ``None`` means the backend cannot count it.
+
+    With per-sample steps (``Adaptive(batch_steps="per_sample")``) the NFE count *batched* calls (each evaluates
+    every sample still running, so they bound the time), the step counts are those of the sample with the most
+    attempts, and ``per_sample`` holds the distribution over samples (the evaluations each sample received on
+    average, ``nfe_forward_mean``/``nfe_backward_mean``, and its steps; see
+    ``crossode/backends/torch/_persample.py``); ``None`` for shared steps.
     """
 
     nfe_forward: int | None = None
     nfe_backward: int | None = None
     steps_accepted: int | None = None
     steps_rejected: int | None = None
+    per_sample: dict | None = None
 
 
 @dataclasses.dataclass
@@ -149,7 +156,13 @@ class Record:
     ``cpu_rss`` is only recorded for the first cell measured in a process (later in-process cells share its heap,
     so their deltas are meaningless): both fields are ``None`` there. ``message`` is one line; ``details`` keeps
     what did not fit (a traceback, a worker's stderr tail). ``host`` is the machine that ran a sweep cell (``None``
-    when nothing ran); timings compare only between records of one host.
+    when nothing ran); timings compare only between records of one host. ``taylor_*`` (only with
+    ``measure(..., taylor=True)``): the Taylor test of ``dparams`` against the loss the solver computes
+    (:mod:`crossode._taylor`): the fitted ``E1`` slope (2: the gradient is the exact derivative of the computed loss),
+    the status (``consistent``, ``inconsistent``, ``unresolved``, or ``not_run`` with the reason in ``taylor``),
+    the inconsistency bound, and ``taylor`` (the whole :meth:`~crossode.check.TaylorResult.to_dict`).
+    ``batch_steps``: the adaptive step control's ``batch_steps`` (``None`` for fixed steps); ``per_sample``:
+    :attr:`Stats.per_sample` of a per-sample cell.
     """
 
     problem: str
@@ -182,6 +195,8 @@ class Record:
     peak_memory_bytes: int | None = None
     memory_kind: str | None = None
     threads: int | None = None
+    batch_steps: str | None = None
+    per_sample: dict | None = None
     solver_options: dict = dataclasses.field(default_factory=dict)
     sensitivity_options: dict = dataclasses.field(default_factory=dict)
     versions: dict = dataclasses.field(default_factory=dict)
@@ -190,6 +205,10 @@ class Record:
     dparams: list | None = None
     dy0: list | None = None
     host: str | None = None
+    taylor_slope: float | None = None
+    taylor_status: str | None = None
+    taylor_inconsistency: float | None = None
+    taylor: dict | None = None
 
     @property
     def ok(self) -> bool:

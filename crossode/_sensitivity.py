@@ -7,20 +7,23 @@ Two families (Onken & Ruthotto's vocabulary):
 - *optimise-then-discretise* (OTD): solve the continuous adjoint ODE backwards (:class:`Backsolve`, and the
   Julia-only :class:`InterpolatingAdjoint`, :class:`QuadratureAdjoint`, :class:`GaussAdjoint`).
 
-=====================  =======================================  ===============================  ===============================================
-descriptor             PyTorch (crossode)                       JAX (diffrax)                    Julia (SciMLSensitivity)
-=====================  =======================================  ===============================  ===============================================
-Direct                 autograd through every step              RecursiveCheckpointAdjoint,      ReverseDiffAdjoint
-                                                                checkpoints >= max_steps
-Checkpointed           store accepted steps, recompute each     RecursiveCheckpointAdjoint       InterpolatingAdjoint(checkpointing=true)
-                       step with a graph in reverse (ACA)       (bounded checkpoints)
-Backsolve              augmented adjoint ODE backwards          BacksolveAdjoint                 BacksolveAdjoint
-MALI                   ALF inverse steps, O(1) memory           own custom_vjp (ALF)             unsupported
-Forward                forward-mode (torch.func.jvp)            ForwardMode                      ForwardDiffSensitivity
-InterpolatingAdjoint   unsupported                              unsupported                      InterpolatingAdjoint
-QuadratureAdjoint      unsupported                              unsupported                      QuadratureAdjoint
-GaussAdjoint           unsupported                              unsupported                      GaussAdjoint
-=====================  =======================================  ===============================  ===============================================
+====================  ===============================  ===============================  ===============================
+descriptor            PyTorch (crossode)               JAX (diffrax)                    Julia (SciMLSensitivity)
+====================  ===============================  ===============================  ===============================
+Direct                autograd through every step      RecursiveCheckpointAdjoint()     ReverseDiffAdjoint
+                                                       (Diffrax's default checkpoints;
+                                                       fixed steps: one per grid step)
+Checkpointed          store accepted steps, recompute  RecursiveCheckpointAdjoint       unsupported (no checkpointed
+                      each step with a graph (ACA)     (bounded checkpoints)            discrete adjoint exists)
+Backsolve             augmented adjoint ODE backwards  BacksolveAdjoint                 BacksolveAdjoint(checkpointing=
+                                                                                        false)
+MALI                  ALF inverse steps, O(1) memory   own custom_vjp (ALF)             unsupported
+Forward               forward-mode (torch.func.jvp)    ForwardMode                      ForwardDiffSensitivity
+InterpolatingAdjoint  unsupported                      unsupported                      InterpolatingAdjoint (also
+                                                                                        checkpointing=True)
+QuadratureAdjoint     unsupported                      unsupported                      QuadratureAdjoint
+GaussAdjoint          unsupported                      unsupported                      GaussAdjoint
+====================  ===============================  ===============================  ===============================
 """
 
 from __future__ import annotations
@@ -93,8 +96,9 @@ class Checkpointed(AbstractSensitivity):
 
     PyTorch: every accepted state is stored (ACA; only ``checkpoints=None``). JAX: Diffrax binomial checkpointing
     with ``checkpoints`` stored states; ``None`` means Diffrax's own default,
-    ``floor(-1.5 + sqrt(2*max_steps + 0.25)) + 1`` (bounded, independent of the steps taken). Julia maps this to
-    ``InterpolatingAdjoint(checkpointing=true)``, a continuous adjoint with checkpoints at the saved times.
+    ``floor(-1.5 + sqrt(2*max_steps + 0.25)) + 1`` (bounded, independent of the steps taken). Julia: unsupported,
+    since SciMLSensitivity has no checkpointed *discrete* adjoint; its checkpointed continuous adjoint is
+    :class:`InterpolatingAdjoint` ``(checkpointing=True)`` (OTD, a different gradient), recorded under that name.
     """
 
     name: ClassVar[str] = "checkpointed"

@@ -53,6 +53,7 @@ __all__ = [
     "AbstractStepControl",
     "Adaptive",
     "Fixed",
+    "BATCH_STEPS",
     "SOLVERS",
     "solver_from_name",
     "fixed_grid",
@@ -244,6 +245,10 @@ def solver_from_name(name: str, **options) -> AbstractSolver:
 # --------------------------------------------------------------------------------------------- step control
 
 
+BATCH_STEPS = ("shared", "per_sample")
+"""Choices of :attr:`Adaptive.batch_steps`."""
+
+
 class AbstractStepControl(abc.ABC):
     """How step sizes are chosen: :class:`Adaptive` or :class:`Fixed`."""
 
@@ -280,23 +285,41 @@ class Adaptive(AbstractStepControl):
     - ``dt0``: first step; ``None`` = automatic (Hairer's initial-step algorithm: one evaluation beyond
       ``f(t0, y0)``). Backends without a working automatic choice (Diffrax, see ``diffrax.md`` pitfall 1) get the
       value crossode computes with the same algorithm, so the first step is the same everywhere.
-    - ``max_steps``: accepted + rejected steps allowed before the solve stops with status ``max_steps``.
+    - ``max_steps``: accepted + rejected steps allowed before the solve stops with status ``max_steps`` (with
+      per-sample steps: per sample).
+    - ``batch_steps``: how a batched problem (``y0`` of shape ``(batch, ...)``) is stepped. ``"shared"``
+      (default; torchdiffeq's and Diffrax's behaviour): one step sequence for the whole batch, the error norm the
+      RMS over every entry. ``"per_sample"``: every sample keeps its own time, step size, accept/reject decision and
+      error norm (RMS over its own entries) while ``f`` is still evaluated in one batched call per stage on the
+      samples still running; a fast or stiff sample no longer forces the others onto its small steps. Which
+      backends and gradient methods offer it is each backend's ``supports()`` (``crossode list``); a state without
+      a batch axis (1-D ``y0``) is one sample, so both choices are the same there.
     """
 
     rtol: float = 1e-6
     atol: float = 1e-8
     dt0: float | None = None
     max_steps: int = 100_000
+    batch_steps: str = "shared"
 
     def __post_init__(self):
         object.__setattr__(self, "rtol", _positive("rtol", self.rtol))
         object.__setattr__(self, "atol", _positive("atol", self.atol))
         object.__setattr__(self, "dt0", _positive("dt0", self.dt0, allow_none=True))
         object.__setattr__(self, "max_steps", _max_steps(self.max_steps))
+        if self.batch_steps not in BATCH_STEPS:
+            raise InvalidInputError(
+                f"`batch_steps` must be one of {fmt_choices(BATCH_STEPS)}; got batch_steps={self.batch_steps!r}."
+            )
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether every sample of a batch takes its own steps (``batch_steps == "per_sample"``)."""
+        return self.batch_steps == "per_sample"
 
     @property
     def label(self) -> str:
-        return f"rtol={self.rtol:g} atol={self.atol:g}"
+        return f"rtol={self.rtol:g} atol={self.atol:g}" + (" per_sample" if self.per_sample else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +346,9 @@ def fixed_grid(t0: float, t1: float, dt: float, saveat=(), max_steps: int | None
     Returned in integration order, float64.
 
     The number of steps is checked *before* the grid is allocated: more than ``max_steps`` (default
-    :data:`crossode._limits.MAX_GRID_STEPS`) raises :class:`~crossode.SolverFailure` with status ``max_steps``.
+    :data:`crossode._limits.MAX_GRID_STEPS`; backends pass ``Fixed.max_steps``) raises
+    :class:`~crossode.SolverFailure` with status ``max_steps``, as does a grid that the save times split into more
+    than ``max_steps`` steps (checked again after the merge).
     """
     limit = MAX_GRID_STEPS if max_steps is None else int(max_steps)
     needed = grid_steps(t0, t1, dt)
@@ -347,4 +372,7 @@ def fixed_grid(t0: float, t1: float, dt: float, saveat=(), max_steps: int | None
     for s in list(np.asarray(saveat, dtype=np.float64).ravel()) + [t1]:
         grid[np.argmin(np.abs(grid - s))] = s
     grid[0] = t0
+    if len(grid) - 1 > limit:
+        raise SolverFailure("max_steps", f"the fixed grid of dt={dt:g} over [{t0:g}, {t1:g}] with the save times has "
+                                         f"{len(grid) - 1:,} steps, more than max_steps={limit:,}")
     return grid

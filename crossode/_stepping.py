@@ -10,6 +10,10 @@ halves, so each backend only computes the three norms with its own arrays:
 
 Using the same formula everywhere makes the first step, and so the realised grid, comparable across backends
 (Diffrax's own automatic choice does not run; see ``diffrax.md`` pitfall 1).
+
+The smallest usable step, :func:`min_step_size` (ten spacings of the time type at the largest ``|t|`` of the span),
+is also defined here once: the PyTorch and JAX RK controllers stop with ``step_size_too_small`` below it, and the
+Julia backend passes it as ``dtmin``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["first_guess", "refine", "error_order", "initial_step"]
+__all__ = ["first_guess", "refine", "error_order", "initial_step", "min_step_size"]
 
 
 def first_guess(d0: float, d1: float) -> float:
@@ -35,6 +39,13 @@ def refine(h0: float, d1: float, d2: float, order: int) -> float:
         return h0
     h1 = max(1e-6, h0 * 1e-3) if max_d <= 1e-15 else (0.01 / max_d) ** (1.0 / order)
     return min(100.0 * h0, h1)
+
+
+def min_step_size(t0: float, t1: float, dtype: str = "float64") -> float:
+    """Ten spacings of ``dtype`` at the largest ``|t|`` of ``[t0, t1]``: a rejected step whose next proposal is
+    smaller stops the solve with ``step_size_too_small``. PyTorch and JAX keep times in float64 (the default);
+    Julia's float32 solves step in Float32 time, which cannot resolve smaller steps."""
+    return 10.0 * float(np.spacing(np.asarray(max(abs(t0), abs(t1)), dtype=np.dtype(dtype))))
 
 
 def error_order(solver) -> int:

@@ -1,5 +1,6 @@
 """The ``crossode`` command line: ``info``, ``list``, ``compare`` (one cell, or a sweep with ``--config``),
-``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`) and ``julia-setup``.
+``report``, ``check`` (reference-check your own solver; :mod:`crossode.check`), ``train`` (training runs;
+:mod:`crossode.train`) and ``julia-setup``.
 
 Exit status of ``compare``: 0 when at least one cell finished ``ok``; 1 when cells ran but none is ``ok``; 2 for bad
 input (unknown names, malformed or hostile problem files, an unusable ``--out``, unavailable backends that were
@@ -22,7 +23,7 @@ import warnings
 from ._errors import CrossODEError, InvalidInputError, UnsupportedError, fmt_choices
 from ._limits import grid_steps
 from ._sensitivity import SENSITIVITIES, check_pair, sensitivity_from_name
-from ._solvers import SOLVERS, Adaptive, Fixed, solver_from_name
+from ._solvers import BATCH_STEPS, SOLVERS, Adaptive, Fixed, solver_from_name
 
 __all__ = ["main", "DEFAULT_PROBLEM", "DEFAULT_CELLS"]
 
@@ -282,7 +283,42 @@ def cmd_list(args) -> int:
         ok = [b for b, reason in row.items() if reason is None]
         missing = "; ".join(f"not {b}: {reason}" for b, reason in row.items() if reason is not None)
         print(f"  {feature:32s} {', '.join(ok) or '-'}" + (f"  ({missing})" if missing else ""))
+    print("per-sample steps (Adaptive(batch_steps='per_sample'), --batch-steps per_sample; the (solver, sensitivity) "
+          "pairs whose supports() accepts it on a batched problem):")
+    for backend, row in per_sample_support().items():
+        ok = [f"{s}+{g}" for (s, g), reason in row.items() if reason is None]
+        if ok:
+            print(f"  {backend:8s} {', '.join(ok)}")
+        else:
+            reasons = list(dict.fromkeys(r for r in row.values() if r is not None))
+            print(f"  {backend:8s} -  ({reasons[0] if len(reasons) == 1 else 'see supports()'})")
     return 0
+
+
+def per_sample_support() -> dict[str, dict[tuple[str, str], str | None]]:
+    """``{backend: {(solver, sensitivity): None | reason}}`` for ``Adaptive(batch_steps="per_sample")`` on a
+    batched problem: every adaptive solver x sensitivity pair that makes sense, asked of each backend's
+    ``supports()``."""
+    problem = _feature_problems()["batch (y0 of shape (batch, n))"]
+    step = Adaptive(batch_steps="per_sample")
+    out = {}
+    for name, supports in _supporters().items():
+        table = {}
+        for s_name, s_cls in SOLVERS.items():
+            if not s_cls.adaptive:
+                continue
+            for g_name, g_cls in SENSITIVITIES.items():
+                solver, sens = s_cls(), g_cls()
+                try:
+                    check_pair(solver, sens)
+                except UnsupportedError:
+                    continue
+                try:
+                    table[(s_name, g_name)] = supports(problem, solver, sens, step, "cpu")
+                except Exception as e:  # noqa: BLE001
+                    table[(s_name, g_name)] = f"{type(e).__name__}: {e}"
+        out[name] = table
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- compare
@@ -310,6 +346,15 @@ MEMORY_KINDS = {
 }
 
 
+def _taylor_cell(r) -> str:
+    if r.taylor_status is None:
+        return "-"
+    if r.taylor_slope is None:
+        return r.taylor_status
+    mark = "" if r.taylor_status == "consistent" else f" (incons. {_fmt(r.taylor_inconsistency, '.1e')})"
+    return f"{r.taylor_slope:.2f}{mark}"
+
+
 def _print_table(records, problem, skipped, show_details=False):
     from rich.console import Console
     from rich.markup import escape
@@ -317,11 +362,14 @@ def _print_table(records, problem, skipped, show_details=False):
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # pipes/CI: do not squeeze columns to 80
     table = Table(title=f"crossode compare: {problem.name} ({problem.rhs.describe()[:60]})", show_lines=False)
+    taylor = any(r.taylor_status is not None for r in records)
     for col in ("backend", "solver", "sensitivity", "step", "status", "loss", "grad err", "dy0 err", "NFE f/b",
-                "steps a/r", "grad ms", "compile s", "peak MB"):
+                "steps a/r", "grad ms", "compile s", "peak MB") + (("Taylor slope",) if taylor else ()):
         table.add_column(col, justify="right" if col not in ("backend", "solver", "sensitivity", "status") else "left")
     for r in records:
         step = f"dt={r.dt:g}" if r.dt is not None else f"rtol={r.rtol:g}"
+        if getattr(r, "batch_steps", None) == "per_sample":
+            step += " per-sample"
         nfe = f"{_fmt(r.nfe_forward, 'd')}/{_fmt(r.nfe_backward, 'd')}"
         steps = f"{_fmt(r.steps_accepted, 'd')}/{_fmt(r.steps_rejected, 'd')}"
         ms = None if r.time_gradient_s is None else 1e3 * r.time_gradient_s
@@ -329,8 +377,12 @@ def _print_table(records, problem, skipped, show_details=False):
         status = r.status if r.ok else f"[red]{r.status}[/red]"
         table.add_row(r.backend, r.solver, r.sensitivity, step, status, _fmt(r.loss, ".6g"), _fmt(r.grad_error, ".2e"),
                       _fmt(r.dy0_error, ".2e"), nfe, steps, _fmt(ms, ".2f"), _fmt(r.compile_s, ".2f"),
-                      _fmt(mb, ".1f"))
+                      _fmt(mb, ".1f"), *((_taylor_cell(r),) if taylor else ()))
     console.print(table)
+    if taylor:
+        console.print("Taylor slope: of E1(h) = |J(p + h v) - J(p) - h v.dJ/dp| for h = 2^-k (2: the gradient is the "
+                      "exact derivative of the loss the solver computed; 1: it is off by about `incons.` x ||g||).",
+                      markup=False, highlight=False)
     for r in records:
         if not r.ok:
             console.print(f"[red]{r.backend}/{r.solver}/{r.sensitivity}: {r.status}[/red]: {escape(r.message)}")
@@ -387,6 +439,8 @@ def cmd_compare(args) -> int:
         pairs, defaults = list(DEFAULT_CELLS), True
     if args.dt is not None and (args.rtol is not None or args.atol is not None):
         raise InvalidInputError("give --dt (fixed step) or --rtol/--atol (adaptive), not both.")
+    if args.dt is not None and args.batch_steps is not None:
+        raise InvalidInputError("--batch-steps chooses how adaptive steps are shared; it does not apply to --dt.")
     if args.dt is not None:
         fixed = Fixed(dt=args.dt)
         needed = grid_steps(problem.t0, problem.t1, fixed.dt)
@@ -400,7 +454,8 @@ def cmd_compare(args) -> int:
             step = fixed
         else:
             step = Adaptive(rtol=args.rtol if args.rtol is not None else 1e-6,
-                            atol=args.atol if args.atol is not None else 1e-8)
+                            atol=args.atol if args.atol is not None else 1e-8,
+                            batch_steps=args.batch_steps or "shared")
             if not solver.adaptive:
                 if defaults:
                     continue
@@ -429,7 +484,7 @@ def cmd_compare(args) -> int:
     try:
         for b, solver, sens, step in cells:
             rec = measure(problem, b, solver, sens, step, device=args.device, dtype=args.dtype,
-                          repeats=args.repeats, save_gradients=args.save_gradients)
+                          repeats=args.repeats, save_gradients=args.save_gradients, taylor=args.taylor)
             records.append(rec)
             if store is not None:
                 try:
@@ -473,6 +528,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """``crossode report``: the sweep report, or the training report for ``crossode train`` results."""
+    from .sweep import _cli as sweep_cli
+    from .train._report import is_training_file, write_training_report
+
+    sweep_cli.check_results(args.results)
+    return sweep_cli.cmd_report(args, write=write_training_report if is_training_file(args.results) else None)
+
+
 def cmd_julia_setup(args) -> int:
     """Install Julia and the Julia packages through juliapkg (needs internet) and precompile."""
     try:
@@ -503,21 +567,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float)
     c.add_argument("--atol", type=float)
     c.add_argument("--dt", type=float, help="fixed step size (instead of rtol/atol)")
+    c.add_argument("--batch-steps", choices=BATCH_STEPS,
+                   help="adaptive steps of a batched problem: one step sequence for the batch (shared, default) or "
+                        "each sample its own (per_sample; torch Direct/MALI only)")
     c.add_argument("--device", default="cpu", help="cpu or cuda/gpu")
     c.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     c.add_argument("--repeats", type=int, default=3, help="timed repeats after the warm-up call (median reported)")
     c.add_argument("--out", help="append one JSON record per cell to this JSONL file")
     c.add_argument("--save-gradients", action="store_true", help="include dparams and dy0 in records and output")
+    c.add_argument("--taylor", action="store_true",
+                   help="also run Onken & Ruthotto's Taylor test of each gradient against the loss its solver computes "
+                        "(fitted E1 slope: 2 = consistent; about 21 extra solves per cell; with --config: every cell)")
     c.add_argument("--traceback", action="store_true",
                    help="print the full details (traceback, worker stderr) of failed cells, not just one line")
     from .sweep import _cli as sweep_cli
 
     sweep_cli.add_sweep_arguments(c)
     c.set_defaults(func=cmd_compare)
-    sweep_cli.add_report_parser(sub, sweep_cli.cmd_report)
+    sweep_cli.add_report_parser(sub, cmd_report)
     from .check import _cli as check_cli
 
     check_cli.add_check_parser(sub)
+    from .train import _cli as train_cli
+
+    train_cli.add_train_parser(sub)
     js = sub.add_parser("julia-setup", help="install Julia + packages via juliapkg (needs internet) and precompile")
     js.add_argument("--cuda", action="store_true", help="also install CUDA.jl for device='cuda'")
     js.set_defaults(func=cmd_julia_setup)

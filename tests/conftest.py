@@ -51,3 +51,25 @@ def boom_backend():
             return Boom()
 
     return BoomBackend()
+
+
+@pytest.fixture
+def peak_allocation():
+    """``peak_allocation(fn)`` runs ``fn()`` and returns ``(exception or None, peak bytes traced by tracemalloc)``:
+    NumPy arrays and Python objects count, so a test can check that a limit was enforced *before* a big grid was
+    allocated."""
+    import tracemalloc
+
+    def run(fn):
+        tracemalloc.start()
+        try:
+            fn()
+            err = None
+        except Exception as e:  # noqa: BLE001 - returned for the test to check
+            err = e
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return err, peak
+
+    return run

@@ -70,6 +70,7 @@ def test_list_and_info_devices_load_no_framework():
         (["compare", "--problem-file", "/nonexistent.toml"], "does not exist"),
         (["compare", "--rtol", "1e-3", "--dt", "0.1", "--backend", "reference"], "not both"),
         (["compare", "--rtol", "-1", "--backend", "reference"], "rtol"),
+        (["compare", "--dt", "0.1", "--batch-steps", "per_sample", "--backend", "reference"], "--batch-steps"),
         (["compare", "--bogus"], "unrecognized"),
         ([], "required"),
     ],
@@ -113,6 +114,18 @@ def test_reference_backend_jsonl(tmp_path, capsys):
                  "--repeats", "1"]) == 0
     rec = json.loads(path.read_text().splitlines()[0])
     assert rec["status"] == "ok" and rec["grad_error"] == 0.0 and rec["backend"] == "reference"
+
+
+def test_taylor_flag_adds_the_slope_to_records_and_table(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    assert main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--out", str(path),
+                 "--repeats", "1", "--taylor"]) == 0
+    rec = json.loads(path.read_text().splitlines()[0])
+    assert rec["taylor_status"] in ("consistent", "unresolved") and "h" in rec["taylor"]
+    out = capsys.readouterr().out
+    assert "Taylor slope" in out
+    assert main(["compare", "--problem", "exponential_decay", "--backend", "reference", "--repeats", "1"]) == 0
+    assert "Taylor" not in capsys.readouterr().out
 
 
 @pytest.mark.torch
@@ -304,3 +317,19 @@ def test_compare_on_cuda_without_a_gpu_says_why_and_exits_2(capsys):
     assert any("CUDA" in ln and "torch/" in ln for ln in lines), cap.err
     assert any("GPU" in ln and "jax/" in ln for ln in lines), cap.err
     assert "grad err" not in cap.out and "Traceback" not in cap.err
+
+
+def test_batch_steps_per_sample_runs_and_is_listed(tmp_path, capsys):
+    pytest.importorskip("torch")
+    problem = tmp_path / "batch.toml"
+    problem.write_text('states = ["x"]\nrhs = ["-k*x"]\ny0 = [[1.0], [2.0]]\ntspan = [0.0, 1.0]\n\n[params]\nk = 1.0\n')
+    out = tmp_path / "r.jsonl"
+    code = main(["compare", "--problem-file", str(problem), "--backend", "torch", "--solver", "dopri5",
+                 "--sensitivity", "direct", "--batch-steps", "per_sample", "--repeats", "1", "--out", str(out)])
+    assert code == 0 and "per-sample" in capsys.readouterr().out
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["status"] == "ok" and rec["batch_steps"] == "per_sample" and rec["per_sample"]["batch"] == 2
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    listed = text[text.index("per-sample steps"):]
+    assert "torch" in listed and "dopri5+direct" in listed and "alf+mali" in listed and "not implemented" in listed

@@ -165,3 +165,37 @@ def test_first_solve_is_an_untimed_warm_up():
                            with_reference=False)
     assert rec.status == "ok", rec.message
     assert backend.prepared.solves == 2 and rec.time_forward_s < 0.25
+
+
+# ---- the Taylor test as a per-cell metric (measure(..., taylor=True), `compare --taylor`) ---------------------
+
+
+@pytest.mark.torch
+def test_taylor_metric_tells_the_discrete_gradient_from_the_continuous_adjoint():
+    """Onken & Ruthotto's point, on their spiral with RK4 h = 0.05: Direct is the exact gradient of the computed
+    loss (E1 slope 2); Backsolve on the same grid is not (slope 1, off by about its adjoint's discretisation
+    error). Both gradients are equally far from the continuous reference, so only the Taylor test tells them apart."""
+    problem = crossode.problems.cubic_spiral()
+    direct = crossode.measure(problem, "torch", RK4(), Direct(), Fixed(dt=0.05), repeats=1, taylor=True)
+    back = crossode.measure(problem, "torch", RK4(), crossode.Backsolve(), Fixed(dt=0.05), repeats=1, taylor=True)
+    assert direct.ok and back.ok
+    assert direct.taylor_status == "consistent" and abs(direct.taylor_slope - 2.0) < 0.1
+    assert back.taylor_status == "inconsistent" and abs(back.taylor_slope - 1.0) < 0.2
+    assert 1e-6 < back.taylor_inconsistency < 1e-2
+    assert len(direct.taylor["h"]) == 20 and direct.taylor["used"]
+    plain = crossode.measure(problem, "torch", RK4(), Direct(), Fixed(dt=0.05), repeats=1)
+    assert plain.taylor_status is None and plain.taylor is None  # only when asked: it costs 21 solves
+
+
+def test_taylor_metric_without_a_trainer_and_when_it_cannot_run():
+    """The reference backend has no trainer: the loss at other parameters comes from a fresh prepare per point (its
+    gradient is the exact derivative of its own (tight) loss: slope 2). float32 and parameter-free cells say why
+    the test did not run, and the gradient's record stands."""
+    problem = crossode.problems.exponential_decay()
+    rec = crossode.measure(problem, "reference", Dopri5(), Direct(), Adaptive(), repeats=1, taylor=True)
+    assert rec.ok and rec.taylor_status in ("consistent", "unresolved"), rec.taylor
+    if rec.taylor_status == "consistent":
+        assert rec.taylor_slope > 1.7
+    f32 = crossode.measure(problem, "reference", Dopri5(), Direct(), Adaptive(), dtype="float32", repeats=1,
+                           taylor=True)
+    assert f32.taylor_status == "not_run" and "float64" in f32.taylor["message"]

@@ -65,3 +65,20 @@ def test_readme_python_snippets_run(tmp_path):
     for code in blocks:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert out.returncode == 0, f"README snippet failed:\n{code}\n{out.stderr[-3000:]}"
+
+
+def test_readme_repository_layout_names_every_module_and_sub_package():
+    """"Repository layout" lists every top-level module and sub-package of crossode/ (it missed check/, sweep/,
+    testing.py, _taylor.py, _limits.py, the Dask executor, ...)."""
+    section = _section("Repository layout")
+    package = README.parent / "crossode"
+    names = [p.name for p in package.iterdir() if p.suffix in (".py", ".json")]
+    names += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists() and p.name != "backends"]
+    names.append("_dask.py")  # the Dask executor of sweep/
+    missing = [n for n in sorted(names) if f"`{n}`" not in section]
+    listed = set()
+    for group in re.findall(r"`backends/(?:\{([a-z,]+)\}|([a-z]+))/`", section):
+        listed.update(x for x in ",".join(group).split(",") if x)
+    missing += [f"backends/{p.name}/" for p in sorted((package / "backends").iterdir())
+                if (p / "__init__.py").exists() and p.name not in listed]
+    assert not missing, f"README 'Repository layout' does not mention {missing}"

@@ -44,7 +44,7 @@ from .._solvers import (
 )
 from .._tableaux import TABLEAUX
 
-__all__ = ["torch_supports", "torch_check_config", "jax_supports", "JAX_SOLVERS", "TORCH_MAX_FORWARD_ENTRIES",
+__all__ = ["torch_supports", "torch_check_config", "torch_per_sample_reason", "jax_supports", "JAX_SOLVERS", "TORCH_MAX_FORWARD_ENTRIES",
            "gpu_driver_visible", "cpu_only_devices", "reference_devices"]
 
 TORCH_MAX_FORWARD_ENTRIES = 4_000_000
@@ -56,6 +56,19 @@ _TORCH_RK_SENSITIVITIES = (Direct, Checkpointed, Backsolve, Forward)
 JAX_SOLVERS: tuple[type, ...] = (Euler, Heun, Midpoint, RK4, Bosh3, Dopri5, Tsit5, Dopri8, ImplicitEuler, Kvaerno5)
 """The Runge-Kutta descriptors the JAX backend implements (each mapped to a Diffrax solver in its ``_backend``);
 ALF is its own loop."""
+
+
+def torch_per_sample_reason(solver, sensitivity, step) -> str | None:
+    """``None`` if the PyTorch backend runs this configuration with ``batch_steps="per_sample"`` (or the step
+    control does not ask for it), else the reason: Direct with explicit RK, Direct and MALI with ALF
+    (``crossode/backends/torch/_persample.py``)."""
+    if not (isinstance(step, Adaptive) and step.per_sample):
+        return None
+    ok = (Direct, MALI) if isinstance(solver, ALF) else (Direct,)
+    if isinstance(sensitivity, ok):
+        return None
+    return (f"`batch_steps='per_sample'` is implemented in PyTorch for Direct() with explicit RK solvers and for "
+            f"Direct() and MALI() with ALF(); got solver={solver!r}, sensitivity={sensitivity!r}.")
 
 
 def torch_check_config(solver: AbstractSolver, sensitivity: AbstractSensitivity,
@@ -76,7 +89,7 @@ def torch_check_config(solver: AbstractSolver, sensitivity: AbstractSensitivity,
         return "`Checkpointed(checkpoints=k)` is not available in PyTorch: it stores every accepted step (ACA)."
     if getattr(sensitivity, "vjp", "auto") != "auto":
         return f"`vjp={sensitivity.vjp!r}` is a Julia option; PyTorch uses autograd ('auto')."
-    return None
+    return torch_per_sample_reason(solver, sensitivity, step)
 
 
 def torch_supports(problem, solver: AbstractSolver, sensitivity: AbstractSensitivity, step: AbstractStepControl,
@@ -98,6 +111,9 @@ def torch_supports(problem, solver: AbstractSolver, sensitivity: AbstractSensiti
         return f"implicit solvers such as {type(solver).__name__} are not implemented in the PyTorch backend."
     if isinstance(sensitivity, (InterpolatingAdjoint, QuadratureAdjoint, GaussAdjoint)):
         return f"`{type(sensitivity).__name__}` is a Julia-only sensitivity (SciMLSensitivity)."
+    reason = torch_per_sample_reason(solver, sensitivity, step)
+    if reason is not None:
+        return reason
     if isinstance(solver, ALF):
         if not isinstance(sensitivity, (MALI, Direct, Checkpointed)):
             return f"`solver=ALF()` supports MALI(), Direct() and Checkpointed() in PyTorch; got `{sensitivity!r}`."
@@ -135,6 +151,10 @@ def jax_supports(problem, solver: AbstractSolver, sensitivity: AbstractSensitivi
             return f"device={device!r} requested but JAX sees no GPU here (devices: {jax.devices()})"
     if not isinstance(step, (Adaptive, Fixed)):
         return f"unknown step control {step!r}"
+    if isinstance(step, Adaptive) and step.per_sample:
+        return ("`batch_steps='per_sample'` is not implemented in the JAX backend: a Diffrax solve of a batch is one "
+                "solve with one step sequence (Diffrax #500; jax.vmap of the solve would give per-sample steps but "
+                "runs every sample until the slowest finishes); use batch_steps='shared' or the PyTorch backend")
     if isinstance(solver, ALF):
         if isinstance(sensitivity, (MALI, Direct, Forward)):
             return None

@@ -8,13 +8,13 @@ import sys
 
 from .._errors import InvalidInputError
 
-__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "add_sweep_arguments", "add_report_parser",
+__all__ = ["compare_config", "check_sweep_flags", "cmd_report", "check_results", "add_sweep_arguments", "add_report_parser",
            "make_executor"]
 
 # one-cell flags of `compare` that a config replaces, with their parser defaults
 _ONE_CELL = {"problem": None, "problem_file": None, "backend": None, "solver": None, "sensitivity": None,
              "rtol": None, "atol": None, "dt": None, "device": "cpu", "dtype": "float64", "repeats": 3,
-             "save_gradients": False}
+             "save_gradients": False, "batch_steps": None}
 
 
 def add_sweep_arguments(c) -> None:
@@ -68,6 +68,10 @@ def compare_config(args) -> int:
     if not out:
         raise InvalidInputError("no results file: set `output` in the config or pass --out.")
     executor = make_executor(args, config)
+    if getattr(args, "taylor", False):
+        import dataclasses
+
+        config.cells = [dataclasses.replace(c, taylor=True) for c in config.cells]
     if config.dropped:
         shown = "; ".join(config.dropped[:3]) + (f"; ... ({len(config.dropped) - 3} more)" if len(config.dropped) > 3
                                                  else "")
@@ -92,8 +96,9 @@ def compare_config(args) -> int:
     return 0
 
 
-def make_executor(args, config):
-    """The executor the flags and the config's ``[executor]`` table ask for (flags win)."""
+def make_executor(args, config, runner: str | None = None):
+    """The executor the flags and the config's ``[executor]`` table ask for (flags win); ``runner``: the workers'
+    ``module:function`` (default: the sweep's measurement; ``crossode train`` passes its training runner)."""
     from ._executor import LocalExecutor
 
     if args.workers is not None and args.workers < 1:
@@ -104,7 +109,7 @@ def make_executor(args, config):
     if kind == "local":
         if args.scheduler or args.workers:
             raise InvalidInputError("--scheduler and --workers need --executor dask.")
-        return LocalExecutor(jobs=args.jobs or config.jobs, start=start)
+        return LocalExecutor(jobs=args.jobs or config.jobs, start=start, runner=runner)
     if args.jobs is not None:
         raise InvalidInputError("--jobs applies to the local executor; with --executor dask the cluster's worker "
                                 "threads decide how many cells run at once (--workers N for a local cluster).")
@@ -118,7 +123,7 @@ def make_executor(args, config):
     from ._dask import DaskExecutor, _distributed
 
     _distributed()  # a clear error now if distributed is missing
-    return DaskExecutor(address=address, workers=workers, start=start)
+    return DaskExecutor(address=address, workers=workers, start=start, runner=runner)
 
 
 def retry_statuses(text: str | None) -> tuple[str, ...]:
@@ -143,18 +148,24 @@ def add_report_parser(sub, func) -> None:
     r.set_defaults(func=func)
 
 
-def cmd_report(args) -> int:
-    """``crossode report results.jsonl [--out DIR]``."""
-    from ._report import write_report
-
-    for path in args.results:
+def check_results(paths) -> None:
+    """Each results file exists and is a regular file; raises :class:`InvalidInputError` naming it."""
+    for path in paths:
         if os.path.isdir(path):
             raise InvalidInputError(f"results file {path!r} is a directory; give the JSONL file(s) in it.")
         if not os.path.exists(path):
             raise InvalidInputError(f"results file {path!r} does not exist.")
         if not os.path.isfile(path):
             raise InvalidInputError(f"results file {path!r} is not a regular file.")
-    report = write_report(args.results, args.out, title=args.title)
+
+
+def cmd_report(args, write=None) -> int:
+    """``crossode report results.jsonl [--out DIR]``; ``write``: the report writer (default: the sweep report's
+    :func:`~crossode.sweep.write_report`; the command line passes the training report's for training results)."""
+    check_results(args.results)
+    if write is None:
+        from ._report import write_report as write
+    report = write(args.results, args.out, title=args.title)
     directory = os.path.dirname(report)
     print(f"report: {report}  (also report.html, tables/*.md|csv, figures/*.png in {directory})", file=sys.stdout)
     return 0

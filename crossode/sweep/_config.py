@@ -33,6 +33,8 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
                                          #   a [[grid]]'s step kind replaces the top level's
     dt0 = 0.01                           # first step of adaptive solves (default: automatic)
     max_steps = 10000                    # step budget (default: Adaptive/Fixed defaults)
+    batch_steps = ["shared", "per_sample"]  # adaptive steps of a batched problem: one sequence for the batch
+                                         #   (default "shared") or each sample its own (one cell each)
     devices = ["cpu"]
     dtypes = ["float64"]                 # "float64" / "float32"
     repeats = 3                          # timed repeats inside a cell (median reported)
@@ -41,6 +43,7 @@ Schema (every key optional unless marked; unknown keys are errors naming the key
     threads = 1                          # threads pinned in each worker (OMP/MKL/XLA/torch)
     with_reference = true                # compare with the independent reference
     save_gradients = false               # store dparams/dy0 in the records
+    taylor = false                       # add the Taylor test of each gradient (taylor_slope, ...; ~21 solves)
     tags = { study = "x" }               # extra tags copied into every record
     resources = { gpu = 1 }              # Dask worker resources a cell needs (default: gpu = 1 for cuda/gpu
                                          #   devices, julia = 1 for the julia backend; `false` drops one)
@@ -78,15 +81,15 @@ from .._problem import Problem
 from .._problemfile import read_toml
 from .._registry import BACKENDS
 from .._sensitivity import check_pair, sensitivity_from_name
-from .._solvers import Adaptive, Fixed, solver_from_name
+from .._solvers import BATCH_STEPS, Adaptive, Fixed, solver_from_name
 
 __all__ = ["Cell", "SweepConfig", "load_config", "config_from_dict", "build_problem", "build_step", "cell_resources"]
 
 _TOP_ONLY = {"name", "description", "output", "jobs", "max_cells", "grid", "executor"}
 _GRID = {
     "problems", "backends", "solvers", "sensitivities", "methods", "rtol", "atol", "dt", "dt0", "max_steps",
-    "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference", "save_gradients", "tags",
-    "resources",
+    "batch_steps", "devices", "dtypes", "repeats", "replicates", "timeout", "threads", "with_reference",
+    "save_gradients", "tags", "resources", "taylor",
 }
 _EXECUTOR_KEYS = {"kind", "address", "workers", "start"}
 EXECUTOR_KINDS = ("local", "dask")
@@ -119,7 +122,9 @@ class Cell:
 
     ``problem`` is ``{"name": zoo_name}`` or ``{"file": absolute_path}`` plus ``"overrides"``; ``solver`` and
     ``sensitivity`` are ``{"name": ..., "options": {...}}`` with every option filled in; ``step`` is
-    ``{"kind": "adaptive", "rtol", "atol", "dt0", "max_steps"}`` or ``{"kind": "fixed", "dt", "max_steps"}``.
+    ``{"kind": "adaptive", "rtol", "atol", "dt0", "max_steps"}`` (plus ``"batch_steps": "per_sample"`` for
+    per-sample steps; absent for the default, so keys of older results stay valid) or
+    ``{"kind": "fixed", "dt", "max_steps"}``.
     :attr:`key` identifies the cell across runs (resume), independent of repeats, timeout, threads and
     ``resources`` (the Dask worker resources the cell needs, see :func:`cell_resources`).
     """
@@ -142,11 +147,13 @@ class Cell:
     save_gradients: bool = False
     tags: dict = dataclasses.field(default_factory=dict)
     resources: dict = dataclasses.field(default_factory=dict)
+    taylor: bool = False
 
     @functools.cached_property
     def key(self) -> str:
         """Stable 16-hex-digit identity over problem (+overrides, fingerprint), backend, solver (+options),
-        sensitivity (+options), step, device, dtype and replicate index."""
+        sensitivity (+options), step, device, dtype and replicate index (and ``taylor`` when set: a cell measured
+        without the Taylor test is not the same as one with it)."""
         ident = {
             "problem": {k: v for k, v in self.problem.items() if k != "file"},
             "fingerprint": self.problem_fingerprint,
@@ -158,6 +165,8 @@ class Cell:
             "dtype": self.dtype,
             "replicate": self.replicate,
         }
+        if self.taylor:
+            ident["taylor"] = True
         text = json.dumps(_canon(ident), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -168,6 +177,8 @@ class Cell:
         prob = self.problem_name + (f"[{','.join(f'{k}={_short(v)}' for k, v in ov.items())}]" if ov else "")
         st = self.step
         step = f"dt={st['dt']:g}" if st["kind"] == "fixed" else f"rtol={st['rtol']:g}"
+        if st.get("batch_steps") == "per_sample":
+            step += ",per_sample"
         extra = "" if (self.device, self.dtype) == ("cpu", "float64") else f"/{self.device}/{self.dtype}"
         rep = f"#{self.replicate}" if self.replicate else ""
         return f"{prob}/{self.backend}/{self.solver['name']}+{self.sensitivity['name']}/{step}{extra}{rep}"
@@ -262,7 +273,8 @@ def build_step(spec: dict):
     """The step control of a cell's ``step`` entry."""
     if spec["kind"] == "fixed":
         return Fixed(dt=spec["dt"], max_steps=spec["max_steps"])
-    return Adaptive(rtol=spec["rtol"], atol=spec["atol"], dt0=spec["dt0"], max_steps=spec["max_steps"])
+    return Adaptive(rtol=spec["rtol"], atol=spec["atol"], dt0=spec["dt0"], max_steps=spec["max_steps"],
+                    batch_steps=spec.get("batch_steps", "shared"))
 
 
 def _number(key, v) -> float:
@@ -545,7 +557,17 @@ def _steps(g) -> list[dict]:
     if dt0 is not None and len(dt0) != 1:
         raise InvalidInputError("`dt0` must be one number.")
     max_steps = g.get("max_steps")
+    batch_steps = g.get("batch_steps", ["shared"])
+    if isinstance(batch_steps, str):
+        batch_steps = [batch_steps]
+    if not isinstance(batch_steps, list) or not batch_steps or any(b not in BATCH_STEPS for b in batch_steps):
+        raise InvalidInputError(f"`batch_steps` must be one of {fmt_choices(BATCH_STEPS)} or a non-empty list of "
+                                f"them; got {g.get('batch_steps')!r}.")
+    batch_steps = list(dict.fromkeys(batch_steps))
     steps = []
+    if dt is not None and "batch_steps" in g and rtol is None:
+        raise InvalidInputError("`batch_steps` chooses how adaptive steps are shared; it does not apply to `dt` "
+                                "(fixed steps).")
     if dt is not None and rtol is not None:
         raise InvalidInputError(
             "give `rtol`/`atol` (adaptive steps) or `dt` (fixed steps), not both in one table (the command line "
@@ -564,9 +586,12 @@ def _steps(g) -> list[dict]:
             raise InvalidInputError(f"`atol` must be one number or a list as long as `rtol` ({len(rtol)}).")
         for r, a in zip(rtol, atol):
             kw = {} if max_steps is None else {"max_steps": max_steps}
-            s = Adaptive(rtol=r, atol=a, dt0=dt0[0] if dt0 else None, **kw)
-            steps.append({"kind": "adaptive", "rtol": s.rtol, "atol": s.atol, "dt0": s.dt0,
-                          "max_steps": s.max_steps})
+            for bs in batch_steps:
+                s = Adaptive(rtol=r, atol=a, dt0=dt0[0] if dt0 else None, batch_steps=bs, **kw)
+                spec = {"kind": "adaptive", "rtol": s.rtol, "atol": s.atol, "dt0": s.dt0, "max_steps": s.max_steps}
+                if s.per_sample:
+                    spec["batch_steps"] = s.batch_steps
+                steps.append(spec)
     for d in dt or []:
         s = Fixed(dt=d, **({} if max_steps is None else {"max_steps": max_steps}))
         steps.append({"kind": "fixed", "dt": s.dt, "max_steps": s.max_steps})
@@ -594,6 +619,7 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
         raise InvalidInputError(f"`timeout` must be a positive number of seconds; got {timeout!r}.")
     with_reference = _bool(g, "with_reference", True)
     save_gradients = _bool(g, "save_gradients", False)
+    taylor = _bool(g, "taylor", False)
     tags = g.get("tags", {})
     if not isinstance(tags, dict):
         raise InvalidInputError(f"`tags` must be a table; got {tags!r}.")
@@ -623,7 +649,8 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
     budget[0] -= count
     return {"problems": problems, "backends": backends, "combos": combos, "devices": devices, "dtypes": dtypes,
             "replicates": replicates, "repeats": repeats, "timeout": float(timeout), "threads": threads,
-            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags, "resources": resources}
+            "with_reference": with_reference, "save_gradients": save_gradients, "tags": tags, "resources": resources,
+            "taylor": taylor}
 
 
 def _build(plan: dict) -> list[Cell]:
@@ -649,7 +676,7 @@ def _build(plan: dict) -> list[Cell]:
             solver={"name": s_name, "options": dict(s_opts)}, sensitivity={"name": g_name, "options": dict(g_opts)},
             step=step, device=device, dtype=dtype, replicate=rep, repeats=plan["repeats"], timeout=plan["timeout"],
             threads=plan["threads"], with_reference=plan["with_reference"], save_gradients=plan["save_gradients"],
-            tags=dict(plan["tags"]),
+            tags=dict(plan["tags"]), taylor=plan["taylor"],
             resources=cell_resources(backend, device, plan["resources"]),
         ))
     return cells

@@ -14,6 +14,10 @@ cell that segfaults or hangs costs only itself, never its worker. Only the clien
   sweep with :class:`ClusterError` (records so far are saved; ``--resume`` goes on).
 - Abandoning the run (Ctrl-C, the client killed) cancels the tasks; a worker notices within a poll and kills the
   cell's process. Workers of a ``LocalCluster`` exit with the client.
+- Streamed lines (``on_output``; training runs stream one record per iteration): the worker forwards each line as
+  it arrives as a Dask event on a per-sweep topic, numbered per task attempt, and returns them all with the record
+  too; the client hands each line over once, in order, before the cell's record (events that arrive late are
+  recognised by their number).
 
 Importing this module does not import ``distributed``; :class:`DaskExecutor` does, on first use.
 """
@@ -103,9 +107,12 @@ def _released(worker, key) -> bool:
     return ts is None or ts.state in ("cancelled", "released", "forgotten")
 
 
-def run_cell_task(cell_json: dict, start: str = "auto", runner: str | None = None) -> dict | None:
+def run_cell_task(cell_json: dict, start: str = "auto", runner: str | None = None,
+                  stream_topic: str | None = None) -> dict | None:
     """The Dask task of one cell: run it in a fresh process on this worker; returns the record dict (``None`` when
-    the task was cancelled while the cell ran: the cell was killed and has no record)."""
+    the task was cancelled while the cell ran: the cell was killed and has no record). With ``stream_topic`` the
+    lines the cell streams are sent as events ``{"key", "attempt", "seq", "line"}`` on that topic as they arrive
+    and returned too, under the record dict's ``"_stream"`` key (with ``"_stream_attempt"``)."""
     from distributed import get_worker
 
     from ._sweep import git_commit, machine_info
@@ -115,14 +122,25 @@ def run_cell_task(cell_json: dict, start: str = "auto", runner: str | None = Non
     host = socket.gethostname()
     worker.log_event(EVENT_TOPIC, {"key": key, "worker": worker.address, "host": host})
     cell = Cell.from_json(cell_json)
-    out = list(_executor_on_worker(start, runner).run([cell], should_stop=lambda: _released(worker, key)))
+    lines: list[dict] = []
+    attempt = uuid.uuid4().hex[:12]
+    on_output = None
+    if stream_topic is not None:
+        def on_output(_cell, obj):
+            worker.log_event(stream_topic, {"key": key, "attempt": attempt, "seq": len(lines), "line": obj})
+            lines.append(obj)
+    out = list(_executor_on_worker(start, runner).run([cell], should_stop=lambda: _released(worker, key),
+                                                      on_output=on_output))
     if not out:
         return None
     rec = out[0][1]
     rec.tags["dask_worker"] = worker.address
     rec.tags["git_commit"] = git_commit()  # of the crossode this worker runs, and its machine
     rec.tags["machine"] = machine_info()
-    return rec.to_dict()
+    data = rec.to_dict()
+    if stream_topic is not None:
+        data["_stream"], data["_stream_attempt"] = lines, attempt
+    return data
 
 
 # ------------------------------------------------------------------------------------------- client side
@@ -205,7 +223,7 @@ class DaskExecutor(Executor):
         except TypeError:  # distributed before 2025.4 lists every worker without asking
             return client.scheduler_info()["workers"]
 
-    def run(self, cells, on_start=None):
+    def run(self, cells, on_start=None, *, on_output=None):
         distributed = _distributed()
         with self._client() as client:
             try:
@@ -215,12 +233,32 @@ class DaskExecutor(Executor):
             workers = self._workers(client)
             self.jobs = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
             offered = [w.get("resources") or {} for w in workers.values()]
-            yield from self._run(client, distributed, cells, on_start, offered)
+            yield from self._run(client, distributed, cells, on_start, offered, on_output)
 
-    def _run(self, client, distributed, cells, on_start, offered):
+    def _run(self, client, distributed, cells, on_start, offered, on_output=None):
         token = uuid.uuid4().hex[:8]
         started: queue.Queue = queue.Queue()
         client.subscribe_topic(EVENT_TOPIC, lambda event: started.put(event[1]))
+        stream_topic = None
+        streamed: queue.Queue = queue.Queue()
+        delivered: dict[tuple[str, str], int] = collections.defaultdict(int)  # (task key, attempt) -> lines handed over
+        if on_output is not None:
+            stream_topic = f"crossode-stream-{token}"
+            client.subscribe_topic(stream_topic, lambda event: streamed.put(event[1]))
+
+        def deliver(key, attempt, seq, line):
+            if seq == delivered[(key, attempt)]:  # in order, each once (a late event's line was delivered already)
+                delivered[(key, attempt)] += 1
+                on_output(cell_of[key], line)
+
+        def drain_stream():
+            while on_output is not None:
+                try:
+                    msg = streamed.get_nowait()
+                except queue.Empty:
+                    return
+                if msg.get("key") in pending:
+                    deliver(msg["key"], msg.get("attempt"), msg.get("seq"), msg.get("line"))
         futures: dict = {}
         cell_of: dict[str, Cell] = {}
         ready = []
@@ -234,8 +272,8 @@ class DaskExecutor(Executor):
                 continue
             key = f"crossode-cell-{cell.key}-{token}"
             cell_of[key] = cell
-            futures[key] = client.submit(run_cell_task, cell.to_json(), self.start, self.runner, key=key,
-                                         resources=need or None, pure=False)
+            futures[key] = client.submit(run_cell_task, cell.to_json(), self.start, self.runner, stream_topic,
+                                         key=key, resources=need or None, pure=False)
         yield from ready
         attempts: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
         ac = distributed.as_completed(list(futures.values()))
@@ -257,6 +295,7 @@ class DaskExecutor(Executor):
                         futures[key].cancel()
                         pending.discard(key)
                         yield cell_of[key], self._died(cell_of[key], attempts[key][:-1], None)
+                drain_stream()
                 batch = ac.next_batch(block=False)
                 if not batch:
                     time.sleep(self.poll_s)
@@ -265,8 +304,14 @@ class DaskExecutor(Executor):
                     key = fut.key
                     if key not in pending:
                         continue
+                    drain_stream()
                     pending.discard(key)
                     cell = cell_of[key]
+                    if on_output is not None and fut.status == "finished":
+                        data = fut.result() or {}
+                        attempt = data.get("_stream_attempt")
+                        for seq, line in enumerate(data.get("_stream") or []):  # what no event brought yet
+                            deliver(key, attempt, seq, line)
                     yield cell, self._record(cell, fut, attempts.get(key, []), distributed)
         finally:
             left = [futures[k] for k in pending]
@@ -275,6 +320,9 @@ class DaskExecutor(Executor):
                     client.cancel(left)
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(EVENT_TOPIC)
+            if stream_topic is not None:
+                with contextlib.suppress(Exception):
+                    client.unsubscribe_topic(stream_topic)
 
     def _record(self, cell: Cell, fut, attempts, distributed) -> Record:
         if fut.status == "finished":

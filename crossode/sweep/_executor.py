@@ -3,7 +3,9 @@
 An :class:`Executor` takes cells and yields ``(cell, record)`` pairs as cells finish, in any order. It must
 always yield exactly one record per cell it started (a crash or a hang is a record with status ``crashed`` or
 ``timeout``), and must stop every cell still running when the iteration is abandoned (``close()`` on the
-generator, an exception, Ctrl-C).
+generator, an exception, Ctrl-C). With ``on_output(cell, obj)`` it also hands over, in order and before the cell's
+record, every line the cell streamed while it ran (:func:`crossode.sweep._worker.emit`; training runs stream one
+record per iteration).
 
 - :class:`LocalExecutor`: every cell in a fresh process of its own on this machine, ``jobs`` at a time: forked
   from a per-backend template that has already imported the framework (``reference``, ``torch``, ``jax``), or a
@@ -48,6 +50,10 @@ START_METHODS = ("auto", "spawn")
 STDERR_TAIL = 2000
 """Characters of a failed worker's stderr kept in the record's message."""
 
+STREAM_CHUNK = 1 << 22
+"""Bytes of a cell's stream file read per poll (the rest waits for the next poll): four times the longest line
+:func:`~crossode.sweep._worker.emit` writes, so every chunk that starts a complete line holds it."""
+
 STARTUP_LIMIT_S = 120.0
 """Seconds a worker may take to start (interpreter, framework import) before its cell begins; a cell's own limit
 counts from then. The start-up gets ``max(STARTUP_LIMIT_S, cell.timeout)``."""
@@ -65,9 +71,11 @@ class Executor(abc.ABC):
         return f"jobs={self.jobs}"
 
     @abc.abstractmethod
-    def run(self, cells: Sequence[Cell], on_start: Callable[[Cell], None] | None = None
-            ) -> Iterator[tuple[Cell, Record]]:
-        """Yield ``(cell, record)`` for every cell as it finishes; ``on_start(cell)`` is called when one starts.
+    def run(self, cells: Sequence[Cell], on_start: Callable[[Cell], None] | None = None, *,
+            on_output: Callable[[Cell, dict], None] | None = None) -> Iterator[tuple[Cell, Record]]:
+        """Yield ``(cell, record)`` for every cell as it finishes; ``on_start(cell)`` is called when one starts,
+        ``on_output(cell, obj)`` for each line the cell streams (:func:`~crossode.sweep._worker.emit`) as it
+        arrives, all of a cell's lines before its record.
 
         Abandoning the iterator stops the cells still running (their records are not produced).
         """
@@ -76,13 +84,24 @@ class Executor(abc.ABC):
 class InlineExecutor(Executor):
     """Run every cell in this process (no isolation, no timeout): for debugging and fast tests."""
 
-    def run(self, cells, on_start=None):
-        from ._worker import run_cell
+    def __init__(self, runner: str | None = None):
+        self.runner = runner
 
+    def run(self, cells, on_start=None, *, on_output=None):
+        import importlib
+
+        from ._worker import DEFAULT_RUNNER, set_stream_sink
+
+        module, func = (self.runner or DEFAULT_RUNNER).split(":")
+        fn = getattr(importlib.import_module(module), func)
         for cell in cells:
             if on_start:
                 on_start(cell)
-            rec = run_cell(cell.to_json())
+            set_stream_sink((lambda obj, c=cell: on_output(c, obj)) if on_output else (lambda obj: None))
+            try:
+                rec = fn(cell.to_json())
+            finally:
+                set_stream_sink(None)
             rec.host = socket.gethostname()
             yield cell, rec
 
@@ -273,6 +292,30 @@ class _Job:
         self.rid = self.pid = None
         self.returncode: int | None = None
         self.lost: str | None = None  # why the exit status is unknown (the template died)
+        self._stream_pos = 0
+
+    def read_stream(self) -> list[dict]:
+        """The complete lines the cell streamed since the last call (a line still being written waits); lines that
+        are not JSON objects are skipped."""
+        try:
+            with open(self.paths["stream"], "rb") as fh:
+                fh.seek(self._stream_pos)
+                data = fh.read(STREAM_CHUNK)
+        except OSError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self._stream_pos += end + 1
+        out = []
+        for raw in data[:end].split(b"\n"):
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
 
     def poll(self) -> bool:
         """True once the process has ended (``returncode`` or ``lost`` set)."""
@@ -402,7 +445,7 @@ class LocalExecutor(Executor):
     # -- cells --------------------------------------------------------------------------------------------
 
     def _start(self, cell: Cell, tmpdir: str, index: int) -> _Job:
-        paths = {k: os.path.join(tmpdir, f"{index}.{k}") for k in ("out", "err", "started")}
+        paths = {k: os.path.join(tmpdir, f"{index}.{k}") for k in ("out", "err", "started", "stream")}
         note = None
         if self._forks(cell):
             try:
@@ -410,7 +453,8 @@ class LocalExecutor(Executor):
                 job = _Job(cell, paths, "fork")
                 job.template = t
                 job.rid, job.pid = t.fork({"cell": cell.to_json(), "out": paths["out"], "err": paths["err"],
-                                           "started": paths["started"], "runner": self.runner})
+                                           "started": paths["started"], "stream": paths["stream"],
+                                           "runner": self.runner})
                 return job
             except _TemplateError as e:
                 note = str(e)  # spawn it instead, and say why in the record
@@ -419,6 +463,7 @@ class LocalExecutor(Executor):
         env = thread_env(cell.threads, cell.device)
         env["CROSSODE_SWEEP_PARENT"] = str(os.getpid())
         env["CROSSODE_CELL_STARTED"] = paths["started"]
+        env["CROSSODE_CELL_STREAM"] = paths["stream"]
         runner = ["--runner", self.runner] if self.runner != DEFAULT_RUNNER else []
         job = _Job(cell, paths, "spawn", note)
         with open(paths["out"], "wb") as out, open(paths["err"], "wb") as err:
@@ -470,8 +515,19 @@ class LocalExecutor(Executor):
             rec.tags["start_note"] = job.note[:STDERR_TAIL]
         return rec
 
-    def run(self, cells, on_start=None, should_stop: Callable[[], bool] | None = None):
+    def run(self, cells, on_start=None, should_stop: Callable[[], bool] | None = None, *, on_output=None):
         """See :meth:`Executor.run`; ``should_stop()`` (checked while cells run) abandons the run when true."""
+
+        def pump(job, final=False):
+            if on_output is None:
+                return
+            while True:
+                lines = job.read_stream()
+                for obj in lines:
+                    on_output(job.cell, obj)
+                if not (final and lines):
+                    return
+
         pending = list(cells)
         pending.reverse()  # pop() from the end keeps the given order
         running: list[_Job] = []
@@ -488,6 +544,8 @@ class LocalExecutor(Executor):
                     done = None
                     now = time.monotonic()
                     for job in running:
+                        pump(job)
+                    for job in running:
                         if job.poll():
                             done = (job, False)
                             break
@@ -502,6 +560,7 @@ class LocalExecutor(Executor):
                         continue
                     job, timed_out = done
                     running.remove(job)
+                    pump(job, final=True)  # everything it streamed, before its record
                     rec = self._finish(job, timed_out)
                     for path in job.paths.values():
                         try:

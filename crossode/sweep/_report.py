@@ -92,7 +92,7 @@ def records_frame(records: Sequence[dict]):
     if df.empty:
         return df
     for col in ("grad_error", "loss_error", "time_gradient_s", "time_forward_s", "compile_s", "rtol", "atol", "dt",
-                "t1", "peak_memory_bytes", "nfe_forward", "nfe_backward"):
+                "t1", "peak_memory_bytes", "nfe_forward", "nfe_backward", "taylor_slope", "taylor_inconsistency"):
         if col not in df:
             df[col] = None
         df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -169,6 +169,10 @@ def summary_table(df):
         "peak MB": df["peak_memory_mb"].map(lambda v: _fmt_cell(v)),
         "note": df.apply(lambda r: "" if r["status"] == "ok" else _first_line(r.get("message")), axis=1),
     })
+    if "taylor_status" in df and df["taylor_status"].notna().any():  # cells measured with the Taylor test
+        out.insert(out.columns.get_loc("grad ms"), "Taylor slope", [
+            "–" if st is None or st != st else (st if sl != sl else f"{sl:.2f}")
+            for st, sl in zip(df["taylor_status"], df["taylor_slope"])])
     return out.reset_index(drop=True)
 
 
@@ -880,7 +884,8 @@ def _reference_note(df) -> str:
 def write_report(paths, out_dir=None, title: str | None = None) -> str:
     """Write ``tables/``, ``figures/``, ``report.md`` and ``report.html`` for results file(s); returns report.md.
 
-    ``out_dir`` defaults to ``<stem of the first file>_report`` next to it.
+    ``out_dir`` defaults to ``<stem of the first file>_report`` next to it (training results files have their own
+    report: :func:`crossode.train._report.write_training_report`; ``crossode report`` picks it).
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     paths = [os.fspath(p) for p in paths]

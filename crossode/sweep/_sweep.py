@@ -187,7 +187,9 @@ def run_sweep(cells: Sequence[Cell], out: str | os.PathLike, *, resume: bool = F
     return records
 
 
-def _run_with_progress(cells, executor, record, console, show):
+def _run_with_progress(cells, executor, record, console, show, on_output=None):
+    """Run ``cells`` on ``executor`` under a progress bar, calling ``record(cell, rec, bar)`` for each record (and
+    passing ``on_output``, the streamed lines' callback, to the executor)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
@@ -206,7 +208,7 @@ def _run_with_progress(cells, executor, record, console, show):
             running[cell.key] = cell.label
             describe()
 
-        gen = executor.run(cells, on_start=on_start)
+        gen = executor.run(cells, on_start=on_start, **({"on_output": on_output} if on_output else {}))
         try:
             for cell, rec in gen:
                 record(cell, rec, bar)

@@ -21,8 +21,12 @@ in the environment before Python starts; nothing framework-related is imported u
 (a Julia cell never has torch in its process); then ``torch.set_num_threads`` pins torch too and
 :func:`crossode.measure` runs the cell.
 
+Streaming: a cell may send JSON lines to the executor while it runs with :func:`emit` (training runs send one record
+per iteration); they go to the cell's ``stream`` file (``CROSSODE_CELL_STREAM``), which the executor reads as the
+cell runs and hands to its ``on_output`` callback, so they reach the results file before the cell ends.
+
 Template protocol (JSON lines): the template prints ``{"ready": true, "forkable": bool, "why": str}`` once; then
-for each request ``{"id", "cell", "out", "err", "started", "runner"}`` on stdin it answers ``{"id", "pid"}`` right
+for each request ``{"id", "cell", "out", "err", "started", "stream", "runner"}`` on stdin it answers ``{"id", "pid"}`` right
 after the fork (or ``{"id", "error"}``) and ``{"id", "exit": returncode}`` when the child ends (negative: killed by
 that signal). End of stdin (the executor closed it, or died) kills the remaining children and ends the template.
 """
@@ -38,7 +42,8 @@ import select
 import signal
 import sys
 
-__all__ = ["thread_env", "run_cell", "main", "FORK_BACKENDS", "DEFAULT_RUNNER"]
+__all__ = ["thread_env", "run_cell", "main", "emit", "FORK_BACKENDS", "DEFAULT_RUNNER", "STREAM_ENV",
+           "STREAM_LINE_MAX"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -49,6 +54,45 @@ dwarf the ~1 s a template would save, and Julia cells must never share an addres
 
 DEFAULT_RUNNER = "crossode.sweep._worker:run_cell"
 """``module:function`` that measures one cell dict and returns its record (tests substitute misbehaving ones)."""
+
+
+STREAM_LINE_MAX = 1 << 20
+"""Bytes one streamed line may have (the executor reads a cell's stream in chunks of four times this)."""
+
+STREAM_ENV = "CROSSODE_CELL_STREAM"
+"""Environment variable naming the file a running cell's :func:`emit` lines go to (set by the executor)."""
+
+_STREAM: dict = {"fd": None, "path": None, "sink": None}
+
+
+def set_stream_sink(sink) -> None:
+    """In-process cells (:class:`~crossode.sweep.InlineExecutor`): :func:`emit` calls ``sink(obj)`` instead of
+    writing a file (``None`` restores the file)."""
+    _STREAM["sink"] = sink
+
+
+def emit(obj: dict) -> bool:
+    """Send one JSON-able dict to the executor while the cell runs; returns whether anyone listens.
+
+    The line is appended to the cell's stream file with one ``write`` (no partial lines are read: the executor
+    only takes complete lines); outside a worker (no ``CROSSODE_CELL_STREAM``) it is dropped. Raises
+    :class:`ValueError` for a line over :data:`STREAM_LINE_MAX` bytes (send large data in the cell's record)."""
+    line = _line(obj)
+    if len(line) > STREAM_LINE_MAX:
+        raise ValueError(f"a streamed line has {len(line)} bytes, more than the {STREAM_LINE_MAX} allowed")
+    if _STREAM["sink"] is not None:
+        _STREAM["sink"](obj)
+        return True
+    path = os.environ.get(STREAM_ENV)
+    if not path:
+        return False
+    if _STREAM["path"] != path:
+        if _STREAM["fd"] is not None:
+            os.close(_STREAM["fd"])
+        _STREAM["fd"] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        _STREAM["path"] = path
+    _write_all(_STREAM["fd"], line)
+    return True
 
 
 def thread_env(threads: int, device: str = "cpu", base: dict | None = None) -> dict[str, str]:
@@ -116,7 +160,7 @@ def run_cell(data: dict):
     _pin_torch(cell.threads)
     rec = measure(problem, cell.backend, solver, sens, step, device=cell.device, dtype=cell.dtype,
                   repeats=cell.repeats, save_gradients=cell.save_gradients, with_reference=cell.with_reference,
-                  tags=cell.record_tags())
+                  tags=cell.record_tags(), taylor=cell.taylor)
     rec.threads = cell.threads
     rec.tags["process_max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return rec
@@ -286,6 +330,8 @@ def _child(req: dict, close_fds: list[int], resident: list[tuple[int, int]]) -> 
                 fh.write("5")  # peak RSS starts from this process's own RSS, not the template's history
         except OSError:
             pass
+        if req.get("stream"):
+            os.environ[STREAM_ENV] = req["stream"]
         err = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(err, 1)
         os.dup2(err, 2)

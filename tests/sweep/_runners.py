@@ -9,9 +9,9 @@ import time
 from crossode.sweep._worker import run_cell
 
 
-def _memory() -> dict:
+def _memory(pid="self") -> dict:
     out = {}
-    with open("/proc/self/status") as fh:
+    with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             key, value = line.split(":", 1)
             if key in ("VmHWM", "VmRSS", "RssFile"):
@@ -25,7 +25,7 @@ def act(data):
     if "at" in tags and data["step"].get("rtol") != tags["at"]:
         what = ""
     at_start = {"memory": _memory(), "threads": len(os.listdir("/proc/self/task")), "pid": os.getpid(),
-                "ppid": os.getppid()}
+                "ppid": os.getppid(), "parent_memory": _memory(os.getppid())}
     if what == "segfault":
         sys.stderr.write("about to crash\n")
         sys.stderr.flush()
@@ -52,6 +52,14 @@ def act(data):
         time.sleep(600)
     elif what == "sleep":
         time.sleep(float(tags["seconds"]))
+    elif what in ("emit", "emit_crash"):  # stream lines (one every `gap` seconds), then finish or segfault
+        from crossode.sweep._worker import emit
+
+        for i in range(int(tags["lines"])):
+            emit({"i": i, "pid": os.getpid(), "pad": "x" * int(tags.get("pad", 0))})
+            time.sleep(float(tags.get("gap", 0)))
+        if what == "emit_crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
     rec = run_cell(data)
     rec.tags["at_start"] = at_start
     rec.tags["omp_threads"] = os.environ.get("OMP_NUM_THREADS")

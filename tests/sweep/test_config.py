@@ -72,6 +72,16 @@ def test_cell_key_is_stable_and_ignores_run_settings():
     assert cells({**base, "problems": [{"name": "linear", "overrides": {"t1": 8}}]})[0].key != k
     assert cells({**base, "solvers": ["tsit5"]})[0].key != k
     assert cells({**base, "dtypes": ["float32"]})[0].key != k
+    assert cells({**base, "taylor": False})[0].key == k  # keys of sweeps without the Taylor test stay as they were
+    assert cells({**base, "taylor": True})[0].key != k  # --resume with the Taylor test runs the cells again
+
+
+def test_taylor_key_reaches_the_cells():
+    base = {"problems": ["linear"], "rtol": [1e-6], "grid": [{"taylor": True}, {"solvers": ["tsit5"]}]}
+    got = cells(base)
+    assert [c.taylor for c in got] == [True, False]
+    with pytest.raises(InvalidInputError, match="`taylor` must be true or false"):
+        cells({"problems": ["linear"], "taylor": "yes"})
 
 
 @pytest.mark.parametrize("data, match", [
@@ -244,3 +254,21 @@ def test_config_from_dev_zero_and_fifo_exit_2_fast(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "not a regular file" in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and time.perf_counter() - start < 10.0
+
+
+def test_batch_steps_expands_and_keeps_shared_keys():
+    from crossode.sweep._config import build_step
+
+    base = {"backends": ["torch"], "problems": ["exponential_decay"], "methods": [["dopri5", "direct"]],
+            "rtol": [1e-6]}
+    (shared,) = cells(base)
+    both = cells({**base, "batch_steps": ["shared", "per_sample"]})
+    assert len(both) == 2 and both[0].key == shared.key  # the default adds nothing to the key
+    per = both[1]
+    assert per.step["batch_steps"] == "per_sample" and "per_sample" in per.label and per.key != shared.key
+    assert build_step(per.step).per_sample and not build_step(shared.step).per_sample
+    assert len(cells({**base, "batch_steps": "per_sample"})) == 1
+    with pytest.raises(InvalidInputError, match="batch_steps"):
+        cells({**base, "batch_steps": ["each"]})
+    with pytest.raises(InvalidInputError, match="batch_steps"):
+        cells({**{k: v for k, v in base.items() if k != "rtol"}, "dt": [0.1], "batch_steps": "per_sample"})

@@ -173,6 +173,31 @@ def test_a_segfaulting_cell_does_not_kill_its_worker(one_worker, tmp_path):
     assert all(r.tags["attempts"] == 1 for r in recs)
 
 
+def test_streamed_lines_reach_the_client_in_order_before_the_record(one_worker):
+    """Training runs stream one record per iteration: on a Dask worker the lines come to the client as events while
+    the cell runs, each once and in order, all before the cell's record (a crashed cell's lines too)."""
+    c, _ = one_worker
+    todo = cells([1e-3], act="emit", lines=8, gap=0.2) + cells([1e-4], act="emit_crash", lines=3)
+    seen, order = [], []
+
+    def on_output(cell, obj):
+        seen.append((cell.key, obj["i"], time.monotonic()))
+        order.append(("line", cell.key))
+
+    out = []
+    for cell, rec in DaskExecutor(c.scheduler_address, runner="_runners:act").run(todo, on_output=on_output):
+        out.append((cell.key, rec, time.monotonic()))
+        order.append(("record", cell.key))
+    assert [r.status for _, r, _ in out] == ["ok", "crashed"]
+    assert "_stream" not in out[0][1].tags
+    for cell, n, (_, _, done) in zip(todo, (8, 3), out):
+        mine = [(i, t) for k, i, t in seen if k == cell.key]
+        assert [i for i, _ in mine] == list(range(n))
+        assert order.index(("record", cell.key)) > max(j for j, x in enumerate(order) if x == ("line", cell.key))
+    first = [t for k, i, t in seen if k == todo[0].key][0]
+    assert first < out[0][2] - 0.5  # streamed while the cell ran (7 x 0.2 s after its first line)
+
+
 def test_a_task_failing_outside_its_cell_stops_the_sweep(one_worker, tmp_path):
     """A failure in the worker's environment (here: a cell the worker cannot launch) is not the cell's: the sweep
     stops with a clear error instead of filling the results with `crashed` records; what finished is kept."""

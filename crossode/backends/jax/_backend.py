@@ -360,7 +360,7 @@ class _Prepared(Prepared):
         self._last = None
 
         if isinstance(step, Fixed):
-            self.grid = fixed_grid(self.t0, self.t1, step.dt, self.saveat)
+            self.grid = fixed_grid(self.t0, self.t1, step.dt, self.saveat, max_steps=step.max_steps)
             self.n_grid_steps = len(self.grid) - 1
             self.max_steps = self.n_grid_steps
         else:
@@ -646,13 +646,7 @@ class _Prepared(Prepared):
             return
         raise SolverFailure(status, f"diffrax: {message.splitlines()[0]} (max_steps={self.max_steps})")
 
-    def _check_grid(self):
-        if self.grid is not None and self.n_grid_steps > self.step.max_steps:
-            raise SolverFailure("max_steps", f"the fixed grid needs {self.n_grid_steps} steps, more than "
-                                             f"max_steps={self.step.max_steps}")
-
     def solve(self) -> SolveOutput:
-        self._check_grid()
         if self.aot and self.compile_solve_s is None:  # compiled on first use, not in `prepare`
             t = time.perf_counter()
             self._solve_c.lower(self.y0, self.params).compile()
@@ -681,7 +675,6 @@ class _Prepared(Prepared):
                                     f"(max_steps={self.max_steps} per interval between save times)") from None
 
     def gradient(self) -> GradientOutput:
-        self._check_grid()
         self._last = None
         try:
             out = self._grad_c(self.y0, self.params)

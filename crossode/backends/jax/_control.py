@@ -13,7 +13,8 @@
   most ``1e-10`` of the remaining interval, is shortened to end on it; after an accepted shortened step the next
   proposal is ``max(controller proposal, proposal before shortening)`` (a short step to a save time does not slow
   the solve down);
-- a rejected step whose next proposal is below ``10 * spacing(max(|t0|, |t1|))`` stops the solve with
+- a rejected step whose next proposal is below :func:`crossode._stepping.min_step_size` (ten float64 spacings at
+  ``max(|t0|, |t1|)``) stops the solve with
   ``RESULTS.dt_min_reached`` (PyTorch: ``SolverFailure('step_size_too_small')``).
 
 Relation to Diffrax's own controllers. ``ClipStepSizeController(PIDController(rtol, atol, pcoeff=0, icoeff=1,
@@ -45,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from jaxtyping import PyTree
+
+from ..._stepping import min_step_size
 
 __all__ = ["LandingController", "make_landing_controller", "GridController", "propose", "scaled_rms", "SAFETY", "FACTOR_MIN",
            "FACTOR_MAX", "LANDING_SLACK"]
@@ -136,8 +139,7 @@ def make_landing_controller(rtol: float, atol: float, t0: float, t1: float, save
     stops = [float(s) for s in np.asarray(saveat, dtype=np.float64) if (s > t0 if forward else s < t0)]
     if not stops or stops[-1] != t1:
         stops.append(float(t1))
-    h_min = 10.0 * float(np.spacing(max(abs(t0), abs(t1))))
-    return LandingController(rtol, atol, jnp.asarray(stops, jnp.float64), int(error_order), h_min)
+    return LandingController(rtol, atol, jnp.asarray(stops, jnp.float64), int(error_order), min_step_size(t0, t1))
 
 
 class GridController(diffrax.AbstractStepSizeController):

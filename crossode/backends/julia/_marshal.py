@@ -17,8 +17,8 @@ every solve                ``saveat``; ``save_start = (saveat[0] == t0)``, ``sav
                            time, as in PyTorch and JAX); ``controller = CrossODEController()`` (the PyTorch/JAX
                            I-controller: factors in ``[1, 10]`` after acceptance, ``[0.2, 0.9]`` after rejection);
                            ``isoutofdomain = nonfinite_state`` (a non-finite state is a rejected step, factor 0.2);
-                           ``dtmin = 10 * spacing(max(|t0|, |t1|))`` (PyTorch's ``step_size_too_small``); ``dtmax =
-                           Inf`` (no cap on proposals); first step ``dt0`` (the given one, else crossode's unclipped
+                           ``dtmin = min_step_size(t0, t1, dtype)`` (:mod:`crossode._stepping`, the PyTorch and JAX
+                           ``step_size_too_small`` bound); ``dtmax = Inf`` (no cap on proposals); first step ``dt0`` (the given one, else crossode's unclipped
                            Hairer estimate, as JAX) as a *problem* keyword: the forward solve uses it, the backward
                            adjoint solve picks its own
 ``Fixed(dt)``              ``dt`` (largest grid interval), ``adaptive = false``, ``tstops = fixed_grid(...)``; implicit
@@ -84,7 +84,7 @@ from ..._solvers import (
     Tsit5,
     fixed_grid,
 )
-from ..._stepping import error_order, initial_step
+from ..._stepping import error_order, initial_step, min_step_size
 
 __all__ = [
     "SOLVER_ALGS",
@@ -101,7 +101,6 @@ __all__ = [
     "sensealg_spec",
     "unsupported_reason",
     "uses_inplace",
-    "min_step_size",
     "build_call",
     "status_from",
     "gradient_output",
@@ -271,6 +270,10 @@ def unsupported_reason(
         return f"dtype {dtype!r} is not supported; use 'float64' or 'float32'"
     if not isinstance(problem.rhs, (SymbolicRHS, MLPRHS, CNFRHS)):
         return f"the Julia backend cannot generate code for {type(problem.rhs).__name__}"
+    if getattr(step, "per_sample", False):
+        return ("`batch_steps='per_sample'` is not implemented in the Julia backend: a batched problem is one "
+                "ODEProblem with one step sequence (an EnsembleProblem would step each sample alone, without the "
+                "batched evaluation of f); use batch_steps='shared' or the PyTorch backend")
     if isinstance(solver, ALF):
         return (
             "ALF (asynchronous leapfrog) has no OrdinaryDiffEq implementation; the Julia backend supports "
@@ -324,13 +327,6 @@ def uses_inplace(
     if isinstance(sensitivity, Direct) and isinstance(solver, AbstractImplicitSolver):
         return False
     return getattr(sensitivity, "vjp", "auto") != "zygote"
-
-
-def min_step_size(t0: float, t1: float, dtype: str = "float64") -> float:
-    """Ten spacings of ``dtype`` at the largest ``|t|`` of the span: a rejected step proposing less stops the solve
-    with ``step_size_too_small`` (the rule of ``crossode/backends/torch/_control.py::min_step_size`` and of the JAX
-    ``LandingController``; float32 times cannot resolve smaller steps)."""
-    return 10.0 * float(np.spacing(np.asarray(max(abs(t0), abs(t1)), dtype=np.dtype(dtype))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +441,7 @@ def build_call(
     saveat = np.array(problem.saveat, dtype=np.float64)
     implicit = isinstance(solver, AbstractImplicitSolver)
     if isinstance(step, Fixed):
-        grid = fixed_grid(t0, t1, step.dt, problem.saveat)
+        grid = fixed_grid(t0, t1, step.dt, problem.saveat, max_steps=step.max_steps)
         dt, dt0 = float(np.max(np.abs(np.diff(grid)))) * (1.0 + 1e-9), None
         adaptive, tstops = False, np.ascontiguousarray(grid, dtype=np.float64)
         abstol = reltol = FIXED_NEWTON_TOLERANCE[dtype] if implicit else None

@@ -1,16 +1,18 @@
 """crossode's PyTorch backend: explicit RK and ALF solvers with Direct, Checkpointed, Backsolve, Forward and MALI
 gradients. :func:`odeint` / :func:`odeint_adjoint` are the native API for training code (torchdiffeq's keywords
 or crossode's descriptors); :class:`TorchBackend` the harness adapter;
-:func:`make_vector_field` builds a neutral problem's field as an ``nn.Module`` for any torch solver."""
+:func:`make_vector_field` builds a neutral problem's field as an ``nn.Module`` for any torch solver;
+:func:`make_trainer` is the backend's side of ``crossode train`` (``torch.optim.Adam``)."""
 
 import torch
 
 from ..._rhs import SymbolicRHS
 from ._backend import TorchBackend as TorchBackend
 from ._field import make_field
+from ._train import make_trainer as make_trainer
 from .odeint import odeint as odeint, odeint_adjoint as odeint_adjoint
 
-__all__ = ["TorchBackend", "odeint", "odeint_adjoint", "make_vector_field", "VectorField"]
+__all__ = ["TorchBackend", "odeint", "odeint_adjoint", "make_vector_field", "VectorField", "make_trainer"]
 
 
 class VectorField(torch.nn.Module):

@@ -66,7 +66,8 @@ class _Backsolve(torch.autograd.Function):
 
         t_save = spec.t_save
         if isinstance(spec.step, Fixed):
-            grid = [float(x) for x in fixed_grid(spec.t0, spec.t1, spec.step.dt, t_save)]
+            pts = fixed_grid(spec.t0, spec.t1, spec.step.dt, t_save, max_steps=spec.step.max_steps)
+            grid = [float(x) for x in pts]
             index = {t: i for i, t in enumerate(grid)}
 
         def segment(z: torch.Tensor, t_from: float, t_to: float, h0: float | None):

@@ -32,6 +32,7 @@ from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, AbstractSensitivity, Checkpointed, Direct
 from ..._solvers import ALF, Adaptive, Fixed, fixed_grid
 from ._control import StepController, initial_step, rms_norm
+from ._persample import per_sample_reason
 from ._solve import resolve_params
 
 __all__ = ["odeint_alf", "alf_step", "alf_inverse", "alf_step_vjp"]
@@ -239,12 +240,8 @@ def march(func, z, v, times: Sequence[float], eta: float, step, counter: _Counte
 
 
 def _march_fixed(func, z, v, times, eta, step: Fixed, counter, visit) -> Trajectory:
-    grid = fixed_grid(times[0], times[-1], step.dt, saveat=times[1:-1])
+    grid = fixed_grid(times[0], times[-1], step.dt, saveat=times[1:-1], max_steps=step.max_steps)
     n_steps = len(grid) - 1
-    if n_steps > step.max_steps:
-        raise SolverFailure(
-            "max_steps", f"ALF: the fixed grid needs {n_steps} steps, more than max_steps={step.max_steps}."
-        )
     # fixed_grid places every save time exactly on the grid (two saves closer than 1e-10*dt share a point)
     index = {float(g): n for n, g in enumerate(grid)}
     save_steps = np.array(
@@ -396,7 +393,9 @@ def odeint_alf(
       ``v0 = func(t[0], y0)`` and is not listed raises :class:`~crossode.InvalidInputError`.
     - ``solver``: :class:`~crossode.ALF` (``eta``); ``step``: :class:`~crossode.Adaptive` or
       :class:`~crossode.Fixed` (grid :func:`~crossode.fixed_grid`); ``sensitivity``: ``Direct()``, ``MALI()`` or
-      ``Checkpointed()`` (every step; an integer ``checkpoints`` is unsupported).
+      ``Checkpointed()`` (every step; an integer ``checkpoints`` is unsupported). ``Adaptive(batch_steps=
+      "per_sample")`` with Direct or MALI steps every row of ``y0`` on its own (``_persample.py``; ``func`` then
+      gets one time per row, a float64 tensor of shape ``(rows,)``).
     - ``stats``: counters are *added* to it: forward NFE = accepted + rejected + 1 (``v0``) + 1 (automatic
       initial step, which reuses ``v0``); MALI backward NFE = 2 per step (one evaluation, one VJP) + 1 (VJP of
       ``v0``) + one evaluation per save time when ``t`` requires grad.
@@ -425,6 +424,9 @@ def odeint_alf(
         )
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise InvalidInputError(f"`y0` must be a floating-point tensor; got {type(y0).__name__}.")
+    reason = per_sample_reason(solver, sensitivity, step)
+    if reason is not None:
+        raise UnsupportedError(reason)
     times = _check_times(t)
     params = resolve_params(func, params)
     if len(times) == 1:

@@ -7,7 +7,9 @@ onto them); the loss is :meth:`crossode.Loss.apply` on the saved states, in the 
 
 Batched problems (``y0`` of shape ``(batch, n_states)``) are one solve of the ``(batch, n_states)`` state: one
 step sequence for the whole batch, the error norm the RMS over all its entries (torchdiffeq's default); saved
-states are ``(len(saveat), batch, n_states)`` and ``dy0`` comes back with the shape of ``y0``.
+states are ``(len(saveat), batch, n_states)`` and ``dy0`` comes back with the shape of ``y0``. With
+``Adaptive(batch_steps="per_sample")`` every sample takes its own steps instead (Direct with explicit RK, Direct and
+MALI with ALF; ``_persample.py``).
 """
 
 from __future__ import annotations

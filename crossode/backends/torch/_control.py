@@ -12,7 +12,7 @@ than ``< 1`` and that a step shortened to land on a save time keeps the earlier,
 - step-size selection is never differentiated: everything here works on Python floats.
 
 Failures are raised as :class:`~crossode.SolverFailure`: ``max_steps`` when the step budget is spent,
-``step_size_too_small`` when ``|h|`` falls below ten float64 spacings of the time span, ``diverged`` for
+``step_size_too_small`` when ``|h|`` falls below :func:`crossode._stepping.min_step_size`, ``diverged`` for
 non-finite states. Nothing here ever takes an uncontrolled step.
 """
 
@@ -21,14 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from ... import _stepping as hairer
 
 from ..._record import SolverFailure
 
-__all__ = ["rms_norm", "initial_step", "StepController", "min_step_size"]
+__all__ = ["rms_norm", "initial_step", "StepController"]
 
 
 def rms_norm(err: torch.Tensor, y: torch.Tensor, y_new: torch.Tensor, rtol: float, atol: float) -> torch.Tensor:
@@ -90,11 +89,6 @@ def _rms_rows(x: torch.Tensor) -> list[float]:
     if x.dtype == torch.float64 and x.device.type == "cpu" and n:
         return [math.sqrt(s / n) for s in x.sum(1).tolist()]  # CPU mean is sum / n, sqrt is correctly rounded
     return x.mean(1).sqrt_().tolist()
-
-
-def min_step_size(t0: float, t1: float) -> float:
-    """Smallest usable step magnitude on ``[t0, t1]``: ten float64 spacings at the largest ``|t|``."""
-    return 10.0 * float(np.spacing(max(abs(t0), abs(t1))))
 
 
 class StepController:

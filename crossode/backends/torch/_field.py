@@ -2,7 +2,8 @@
 
 The parameters are ONE flat tensor ``p`` in the problem's layout (so ``dparams`` comes back in the neutral
 flat layout with no reshuffling); ``f(t, y)`` closes over it. States may carry leading batch dimensions:
-``y[..., i]`` is state ``i`` (a batched problem's ``y`` is ``(batch, n_states)``).
+``y[..., i]`` is state ``i`` (a batched problem's ``y`` is ``(batch, n_states)``). ``t`` is a number or a 0-d
+tensor, or with per-sample steps a float64 tensor of shape ``(batch,)``: one time per row of ``y``.
 
 MLP fields (:class:`~crossode.MLPRHS`): ``F.linear`` per layer on the feature map of ``y`` (``cube``: ``y*y*y``);
 with ``time_input`` the first layer is ``F.linear(phi(y), W1[:, :n], b1 + t * W1[:, n])``, the same as
@@ -156,6 +157,8 @@ def make_field(problem, p: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor
             w, b = ws[0]
             if time_input:
                 tt = t.to(w.dtype) if isinstance(t, torch.Tensor) else t
+                if isinstance(tt, torch.Tensor) and tt.dim():  # per-sample steps: one time per row of y
+                    tt = tt.unsqueeze(-1)
                 h = F.linear(h, w[:, :n], b + tt * w[:, n])
             else:
                 h = F.linear(h, w, b)

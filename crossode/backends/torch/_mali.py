@@ -22,12 +22,14 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..._errors import InvalidInputError
 from ..._record import SolverFailure, Stats
 from ..._sensitivity import MALI, Direct, mali_reconstruction, mali_reconstruction_failure
 from ._alf import _add_stats, _Counter, _time, _vjp, _vjp_fast_ok, march
+from ._persample import add_backward, march_alf, reverse_sweep, uses_per_sample
 from ._solve import SaveTimes, StartTime, check_params_declared, count_backward
 
 __all__ = ["solve", "mali_saved_summary"]
@@ -43,6 +45,7 @@ class _Config:
     stats: Stats | None
     reconstruction_rtol: float | None = None
     f0: torch.Tensor | None = None  # f(t0, y0) = v0, detached, for dL/dt0
+    per_sample: bool = False  # Adaptive(batch_steps="per_sample") on a batched state: see _persample.py
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -193,6 +196,16 @@ class _MALIFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, z0, v0, *params):
+        if cfg.per_sample:
+            traj = march_alf(cfg.func, z0, v0, cfg.times, cfg.eta, cfg.step, cfg.stats)
+            ctx.cfg = cfg
+            ctx.grids, ctx.save_steps = traj.grids, traj.save_steps
+            ctx.grid = np.concatenate(traj.grids)  # what grows with the steps (every sample's float64 grid)
+            ctx.n_steps = sum(len(gr) - 1 for gr in traj.grids)
+            ctx.save_for_backward(z0, v0, traj.z, traj.v)
+            ctx.saved_bytes = sum(x.numel() * x.element_size() for x in (z0, v0, traj.z, traj.v))
+            ctx.n_saved = 4
+            return torch.stack(traj.saves)
         counter = _Counter()
         try:
             traj = march(cfg.func, z0, v0, cfg.times, cfg.eta, cfg.step, counter)
@@ -210,6 +223,8 @@ class _MALIFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         cfg = ctx.cfg
+        if cfg.per_sample:
+            return _per_sample_backward(ctx, g)
         z0, v0, z, v = ctx.saved_tensors
         grid = ctx.grid
         n_steps = len(grid) - 1
@@ -224,6 +239,38 @@ class _MALIFunction(torch.autograd.Function):
         if not drift <= limit:
             raise mali_reconstruction_failure(drift, limit, rule, n_steps, cfg.eta)
         return (None, a_z, a_v, *_param_grads(cfg.params, ctx.needs_input_grad[3:], acc))
+
+
+def _per_sample_backward(ctx, g):
+    """:meth:`_MALIFunction.backward` with per-sample grids: one batched reverse sweep, the reconstruction test
+    of :func:`crossode._sensitivity.mali_reconstruction` per sample (each with its own step count)."""
+    cfg = ctx.cfg
+    z0, v0, z, v = ctx.saved_tensors
+    needs = ctx.needs_input_grad[3:]
+    preq = [p for p, need in zip(cfg.params, needs) if need]
+    a_z, a_v, acc, z_rec, v_rec, calls, evals = reverse_sweep(
+        cfg.func, cfg.eta, preq, ctx.grids, ctx.save_steps, g, z, v, _vjp, _vjp_fast_ok(preq))
+    add_backward(cfg.stats, 2 * calls, 2 * evals)
+    if ctx.needs_input_grad[2]:  # autograd now backpropagates a_v through v0 = f(t0, z0): one VJP
+        add_backward(cfg.stats, 1, 1.0)
+    _check_adjoint(a_z, a_v)
+    with torch.no_grad():
+        rows = torch.stack([(z_rec - z0), z0, z, (v_rec - v0), v0, v]).double()
+        ms = rows.square().reshape(6, rows.shape[1], -1).mean(2).T.tolist()  # (batch, 6)
+    eps = torch.finfo(z0.dtype).eps
+    worst = None
+    for b, msb in enumerate(ms):
+        n_b = len(ctx.grids[b]) - 1
+        drift, limit, rule = mali_reconstruction(msb, n_b, eps, cfg.step, cfg.reconstruction_rtol)
+        ratio = drift / limit if drift <= limit else math.inf
+        if worst is None or not ratio <= worst[0]:
+            worst = (ratio, drift, limit, rule, n_b, b)
+    _, drift, limit, rule, n_b, b = worst
+    ctx.drift, ctx.drift_limit = drift, limit
+    if not drift <= limit:
+        f = mali_reconstruction_failure(drift, limit, rule, n_b, cfg.eta)
+        raise SolverFailure(f.status, f"sample {b} (per-sample steps): {f.message}")
+    return (None, a_z, a_v, *_param_grads(cfg.params, needs, acc))
 
 
 class _CheckpointFunction(torch.autograd.Function):
@@ -268,6 +315,7 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
     cfg = _Config(func=func, times=times, params=params, eta=eta, step=step, stats=stats)
     if isinstance(sensitivity, MALI):
         cfg.reconstruction_rtol = sensitivity.reconstruction_rtol
+    cfg.per_sample = uses_per_sample(step, y0)
 
     check = torch.is_grad_enabled() and not isinstance(sensitivity, Direct)
     if time_grad:
@@ -291,13 +339,16 @@ def solve(func, y0, t, times, params, eta, sensitivity, step, stats):
         v0 = _CountVJP.apply(v0, stats)  # MALI and Checkpointed count this VJP in their backward
 
     if not needs_grad or isinstance(sensitivity, Direct):
-        counter = _Counter()
-        try:
-            traj = march(func, z0, v0, times, eta, step, counter)
-        finally:
-            _add_stats(stats, fwd=counter.nfe_forward, acc=counter.accepted, rej=counter.rejected)
+        if cfg.per_sample:  # backward NFE counted by hooks on the batched calls (see _persample.py)
+            traj = march_alf(func, z0, v0, times, eta, step, stats)
+        else:
+            counter = _Counter()
+            try:
+                traj = march(func, z0, v0, times, eta, step, counter)
+            finally:
+                _add_stats(stats, fwd=counter.nfe_forward, acc=counter.accepted, rej=counter.rejected)
         ys = torch.stack(traj.saves)
-        if needs_grad and stats is not None and ys.requires_grad:
+        if needs_grad and stats is not None and ys.requires_grad and not cfg.per_sample:
             # one VJP per accepted step up to the last save (its midpoint evaluation), counted by ONE hook
             count_backward(ys, stats, int(traj.save_steps[-1]))
     else:
@@ -326,7 +377,7 @@ def mali_saved_summary(ys: torch.Tensor) -> dict | None:
             return {  # recorded by the forward: saved_tensors is freed once the backward has run
                 "n_tensors": node.n_saved,
                 "tensor_bytes": node.saved_bytes,
-                "n_steps": len(node.grid) - 1,
+                "n_steps": getattr(node, "n_steps", len(node.grid) - 1),
                 "grid_bytes": node.grid.nbytes,
                 "drift": getattr(node, "drift", None),
                 "drift_limit": getattr(node, "drift_limit", None),

@@ -27,7 +27,8 @@ from ..._errors import InvalidInputError
 from ..._record import SolverFailure
 from ..._solvers import Adaptive, Fixed, fixed_grid
 from ..._tableaux import ButcherTableau
-from ._control import StepController, initial_step, min_step_size, rms_norm
+from ..._stepping import min_step_size
+from ._control import StepController, initial_step, rms_norm
 
 __all__ = ["Field", "Solution", "rk_step", "integrate"]
 
@@ -35,8 +36,8 @@ __all__ = ["Field", "Solution", "rk_step", "integrate"]
 class Field:
     """``f(t: float, y) -> Tensor`` around a user function ``func(t: Tensor, y: Tensor)``, counting calls.
 
-    ``func`` gets ``t`` as a 0-d float64 tensor; its output must have the state's shape and is cast to the
-    state's dtype.
+    ``func`` gets ``t`` as a 0-d float64 tensor (a float64 tensor of shape ``(batch,)`` passes through: per-sample
+    steps); its output must have the state's shape and is cast to the state's dtype.
 
     ``nfe`` counts evaluations; ``on_graph`` records whether any output required grad (Direct's backward VJP
     count, :func:`~._solve.solve`, is then known from the accepted steps: no per-evaluation autograd hook).
@@ -54,7 +55,7 @@ class Field:
 
     def __call__(self, t: float, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
-        out = self.func(self.time(t), y)
+        out = self.func(t if isinstance(t, torch.Tensor) else self.time(t), y)
         if not isinstance(out, torch.Tensor) or out.shape != y.shape:
             got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
             raise InvalidInputError(f"`func` must return a tensor of the state's shape {tuple(y.shape)}; got {got}.")
@@ -66,12 +67,16 @@ class Field:
         return out
 
 
-def _combine(y: torch.Tensor, h: float, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``y + h * sum_j coeffs[j] * ks[j]`` skipping zero coefficients (a fixed order of operations)."""
+def _combine(y: torch.Tensor, h, coeffs: Sequence[float], ks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``y + h * sum_j coeffs[j] * ks[j]`` skipping zero coefficients (a fixed order of operations).
+
+    ``h`` is a float, or (per-sample steps) a tensor of the state's dtype that broadcasts against rows of ``y``.
+    """
     acc = y
+    per_row = isinstance(h, torch.Tensor)
     for cj, kj in zip(coeffs, ks):
         if cj != 0.0:
-            acc = torch.add(acc, kj, alpha=h * cj)
+            acc = acc + kj * (h * cj) if per_row else torch.add(acc, kj, alpha=h * cj)
     return acc
 
 
@@ -88,6 +93,9 @@ def rk_step(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One explicit RK step from ``(t, y)`` with ``k1 = f(t, y)``; returns ``(y_new, err, k_last)``.
 
+    ``t`` and ``h`` are floats, or (per-sample steps, :mod:`._persample`) float64 tensors of shape ``(batch,)``:
+    one time and step per row of ``y``; ``f`` then gets the stage times as such a tensor.
+
     ``err = h * sum_i b_err[i] k_i`` (``None`` without an estimate or with ``error=False``); ``k_last`` is
     ``f(t + h, y_new)`` for FSAL tableaux (the next ``k1``), else ``None``. With ``last_stage=False`` (and
     ``error=False``) an FSAL step skips its last stage: ``y_new`` is bitwise the same, one evaluation cheaper
@@ -96,8 +104,9 @@ def rk_step(
     s = tab.stages
     ks = [k1]
     y_new = None
+    hc = h.to(y.dtype).view(-1, *([1] * (y.dim() - 1))) if isinstance(h, torch.Tensor) else h
     for i in range(1, s):
-        yi = _combine(y, h, tab.a[i], ks)
+        yi = _combine(y, hc, tab.a[i], ks)
         if tab.fsal and i == s - 1:
             # The FSAL stage is evaluated at the new solution (a[-1] == b): reuse its input as y_new.
             y_new = yi
@@ -105,12 +114,12 @@ def rk_step(
                 return y_new, None, None
         ks.append(f(t + tab.c[i] * h, yi))
     if y_new is None:
-        y_new = _combine(y, h, tab.b, ks)
+        y_new = _combine(y, hc, tab.b, ks)
     err = None
     if error and tab.b_err is not None:
         # Only step-size control reads the estimate and it is never differentiated: keep it off the graph.
         with torch.no_grad():
-            err = _combine(torch.zeros_like(y), h, tab.b_err, ks)
+            err = _combine(torch.zeros_like(y), hc, tab.b_err, ks)
     return y_new, err, (ks[-1] if tab.fsal else None)
 
 
@@ -174,8 +183,8 @@ def integrate(
         j += 1
 
     if isinstance(step, Fixed):
-        pts = list(fixed_grid(t0, t1, step.dt, t_save)) if grid is None else list(grid)
-        if len(pts) - 1 > step.max_steps:
+        pts = list(fixed_grid(t0, t1, step.dt, t_save, max_steps=step.max_steps)) if grid is None else list(grid)
+        if len(pts) - 1 > step.max_steps:  # a caller's own grid (the adjoint's reversed segments)
             raise SolverFailure(
                 "max_steps", f"the fixed grid needs {len(pts) - 1} steps, more than max_steps={step.max_steps}"
             )

@@ -13,6 +13,7 @@ from ..._record import Stats
 from ..._sensitivity import AbstractSensitivity, Backsolve, Checkpointed, Direct, Forward
 from ..._solvers import Adaptive, Fixed
 from ..._tableaux import ButcherTableau
+from ._persample import integrate_rk, per_sample_reason, uses_per_sample
 from ._rk import Field, integrate
 
 __all__ = ["SolveSpec", "solve", "add_stat", "count_backward", "grad_or_none", "resolve_params",
@@ -239,6 +240,11 @@ def solve(spec: SolveSpec, y0: torch.Tensor, sensitivity: AbstractSensitivity) -
     stats = spec.stats
     if isinstance(sensitivity, Direct):
         field = spec.field(y0.device)
+        if uses_per_sample(spec.step, y0):
+            if stats is not None:
+                stats.nfe_backward = stats.nfe_backward or 0
+            # backward NFE counted by hooks on the batched calls (see _persample.py)
+            return torch.stack(integrate_rk(field, spec.tab, y0, spec.t0, spec.t1, spec.t_save, spec.step, stats))
         sol = integrate(field, spec.tab, y0, spec.t0, spec.t1, spec.t_save, spec.step)
         add_stat(stats, "nfe_forward", field.nfe)
         add_stat(stats, "steps_accepted", sol.accepted)
@@ -249,6 +255,9 @@ def solve(spec: SolveSpec, y0: torch.Tensor, sensitivity: AbstractSensitivity) -
             if field.on_graph and ys.requires_grad:
                 count_backward(ys, stats, spec.tab.solution_stages * sol.save_steps[-1])
         return ys
+    reason = per_sample_reason(None, sensitivity, spec.step)
+    if reason is not None:
+        raise UnsupportedError(reason)
     if isinstance(sensitivity, Checkpointed):
         from ._checkpoint import checkpointed_solve
 

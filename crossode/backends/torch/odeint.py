@@ -95,7 +95,9 @@ def odeint(
       :class:`~crossode.Backsolve` (continuous adjoint, what :func:`odeint_adjoint` uses),
       :class:`~crossode.Forward` (forward sensitivities; small systems), or :class:`~crossode.MALI` with ALF.
     - ``step``: :class:`~crossode.Adaptive` or :class:`~crossode.Fixed` (steps on :func:`crossode.fixed_grid`)
-      instead of ``rtol``/``atol``/``options``.
+      instead of ``rtol``/``atol``/``options``. ``Adaptive(batch_steps="per_sample")`` steps every row of a batched
+      ``y0`` (shape ``(batch, ...)``) on its own (Direct with explicit RK; Direct and MALI with ALF): ``func`` then
+      gets ``t`` as a float64 tensor of shape ``(rows,)``, one time per row of ``y`` (only the rows still running).
     - ``params``: the tensors besides ``y0`` that receive gradients (torchdiffeq's ``adjoint_params``). Default:
       ``func.parameters()`` for an ``nn.Module`` (or a bound method of one), and for a ``functools.partial``
       every tensor and module parameter among its arguments; an explicit list replaces the default.

@@ -198,11 +198,15 @@ def test_max_steps_is_a_status_not_a_number(lv):
     assert e.value.status == "max_steps"
 
 
-def test_fixed_grid_longer_than_max_steps(lv):
-    prepared = LAZY.prepare(lv[0], Euler(), Direct(), Fixed(dt=0.1, max_steps=3))
+def test_fixed_grid_longer_than_max_steps(lv, peak_allocation):
     with pytest.raises(SolverFailure) as e:
-        prepared.gradient()
+        LAZY.prepare(lv[0], Euler(), Direct(), Fixed(dt=0.1, max_steps=3))
     assert e.value.status == "max_steps"
+    # 2e6 steps of dt=1e-6 over [0, 2]: the status comes from prepare before the grid (16 MB) is allocated
+    err, peak = peak_allocation(lambda: LAZY.prepare(lv[0], Euler(), Direct(), Fixed(dt=1e-6, max_steps=5)))
+    assert isinstance(err, SolverFailure) and err.status == "max_steps", err
+    assert peak < 4e6, f"{peak / 1e6:.1f} MB allocated before the max_steps check"
+    assert "2,000,000 steps" in err.message and "max_steps=5" in err.message
 
 
 def test_supports_reasons(lv):
@@ -263,3 +267,15 @@ def test_batched_forward_mode_and_solve_shapes():
     assert rel(np.concatenate([g.dparams, g.dy0.ravel()]), ref.grad) < 1e-8
     ys = prepared.solve().ys
     assert ys.shape == problem.ys_shape and rel(ys, ref.ys) < 1e-8
+
+
+def test_per_sample_steps_refused_with_reason():
+    from crossode._registry import get_backend
+
+    p = cx.Problem(cx.SymbolicRHS(["x"], ["k"], ["-k*x"]), y0=[[1.0], [2.0]], params={"k": 1.0}, tspan=(0.0, 1.0))
+    backend = get_backend("jax")
+    reason = backend.supports(p, cx.Dopri5(), cx.Direct(), Adaptive(batch_steps="per_sample"))
+    assert reason is not None and "batch_steps='per_sample'" in reason
+    assert backend.supports(p, cx.Dopri5(), cx.Direct(), Adaptive()) is None
+    rec = cx.measure(p, "jax", cx.Dopri5(), cx.Direct(), Adaptive(batch_steps="per_sample"), repeats=1)
+    assert rec.status == "unsupported"

@@ -44,6 +44,7 @@ from crossode import (
     fixed_grid,
 )
 from crossode._backend import Backend
+from crossode._stepping import min_step_size
 from crossode.backends.julia import JuliaBackend, _field, _marshal, _probe
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -436,8 +437,9 @@ def test_adaptive_steps_land_on_every_save_time_with_the_torch_jax_controller():
     assert kw["controller"] == "CrossODEController()"
     assert kw["isoutofdomain"] == "nonfinite_state"  # a NaN/Inf candidate is a rejected step (factor qmin = 0.2)
     assert kw["dtmax"] == float("inf")  # proposals are not capped at |t1 - t0| (they are not in PyTorch/JAX)
-    assert kw["dtmin"] == 10 * np.spacing(10.0)  # PyTorch's step_size_too_small threshold
-    assert _marshal.min_step_size(0.0, 10.0, "float32") == 10 * float(np.spacing(np.float32(10.0)))
+    assert kw["dtmin"] == min_step_size(0.0, 10.0) == 10 * np.spacing(10.0)  # PyTorch's/JAX's threshold
+    kw32 = _marshal.build_call(prob, Dopri5(), GaussAdjoint(), Adaptive(), dtype="float32").solve_keywords()
+    assert kw32["dtmin"] == min_step_size(0.0, 10.0, "float32") == 10 * float(np.spacing(np.float32(10.0)))
     assert "dt" not in kw  # the first step is a problem keyword (next test)
 
 
@@ -571,6 +573,19 @@ def test_fixed_steps_land_on_the_shared_grid(dt, saveat):
     ends = _emulate_ordinarydiffeq_fixed_steps(0.0, kw["dt"], list(grid), 10.0)
     np.testing.assert_array_equal(ends, grid[1:])  # one step per grid interval, no slivers
     assert call.describe()["tstops"] == grid.size
+
+
+def test_fixed_grid_beyond_max_steps_fails_before_allocating(peak_allocation):
+    # 4e6 steps of dt=2.5e-6 over [0, 10]: a max_steps status at marshal time, before tstops (32 MB) is built
+    err, peak = peak_allocation(lambda: _marshal.build_call(lotka_volterra(), RK4(), Direct(),
+                                                            Fixed(dt=2.5e-6, max_steps=1000)))
+    assert isinstance(err, crossode.SolverFailure) and err.status == "max_steps", err
+    assert peak < 4e6, f"{peak / 1e6:.1f} MB allocated before the max_steps check"
+    assert "4,000,000 steps" in err.message and "max_steps=1,000" in err.message
+    # a grid that the save times split into more than max_steps steps fails after the merge, with the same status
+    with pytest.raises(crossode.SolverFailure, match="with the save times has 5 steps"):
+        _marshal.build_call(lotka_volterra(saveat=[2.5, 5.0, 7.5, 8.0, 10.0]), RK4(), Direct(),
+                            Fixed(dt=2.5, max_steps=4))
 
 
 def test_fixed_steps_backward_in_time():
@@ -952,3 +967,11 @@ def test_sympy_is_the_only_symbolic_dependency():
     # codegen works on plain SymPy expressions handed over by SymbolicRHS
     rhs = SymbolicRHS(["x"], ["k"], [sympy.Symbol("k", real=True) * sympy.Symbol("x", real=True)])
     assert "du[1] = p[1] * u[1]" in _field.julia_source(rhs)
+
+
+def test_per_sample_steps_refused_with_reason():
+    p = crossode.Problem(crossode.SymbolicRHS(["x"], ["k"], ["-k*x"]), y0=[[1.0], [2.0]], params={"k": 1.0},
+                         tspan=(0.0, 1.0))
+    reason = _marshal.unsupported_reason(p, crossode.Dopri5(), crossode.Direct(), Adaptive(batch_steps="per_sample"))
+    assert reason is not None and "batch_steps='per_sample'" in reason
+    assert _marshal.unsupported_reason(p, crossode.Dopri5(), crossode.Direct(), Adaptive()) is None

@@ -155,6 +155,15 @@ def test_max_steps_is_a_failure_not_a_jump():
     assert info.value.status == "max_steps"
 
 
+def test_fixed_grid_beyond_max_steps_fails_before_allocating(peak_allocation):
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    err, peak = peak_allocation(lambda: odeint_alf(linear(OSC), y0, torch.tensor([0.0, 4.0], dtype=F64), solver=ALF(),
+                                                   sensitivity=MALI(), step=Fixed(1e-6, max_steps=5)))
+    assert isinstance(err, SolverFailure) and err.status == "max_steps", err
+    assert peak < 4e6, f"{peak / 1e6:.1f} MB allocated before the max_steps check"
+    assert "4,000,000 steps" in err.message and "max_steps=5" in err.message
+
+
 @pytest.mark.parametrize("step", [Fixed(0.01), Adaptive(rtol=1e-6, atol=1e-6)], ids=["fixed", "adaptive"])
 def test_non_finite_is_diverged(step):
     def f(t, y):

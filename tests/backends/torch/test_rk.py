@@ -12,7 +12,9 @@ torch = pytest.importorskip("torch")
 from crossode import (  # noqa: E402
     RK4,
     Adaptive,
+    Backsolve,
     Bosh3,
+    Direct,
     Dopri5,
     Dopri8,
     Euler,
@@ -196,6 +198,17 @@ def test_max_steps_failure():
     with pytest.raises(SolverFailure) as e:
         odeint(nonlinear, torch.tensor(Y0, dtype=F64), [0.0, 4.0], solver=RK4(), step=Fixed(0.1, max_steps=5))
     assert e.value.status == "max_steps"
+
+
+@pytest.mark.parametrize("sensitivity", [Direct(), Backsolve()], ids=["direct", "backsolve"])
+def test_fixed_grid_beyond_max_steps_fails_before_allocating(peak_allocation, sensitivity):
+    # 4e6 steps of dt=1e-6 with max_steps=5: the grid (32 MB of float64, plus the list) is never built
+    y0 = torch.tensor(Y0, dtype=F64)
+    err, peak = peak_allocation(lambda: odeint(nonlinear, y0, [0.0, 4.0], solver=RK4(), sensitivity=sensitivity,
+                                               step=Fixed(1e-6, max_steps=5)))
+    assert isinstance(err, SolverFailure) and err.status == "max_steps", err
+    assert peak < 4e6, f"{peak / 1e6:.1f} MB allocated before the max_steps check"
+    assert "4,000,000 steps" in err.message and "max_steps=5" in err.message
 
 
 def blowup(t, y):
