@@ -20,7 +20,7 @@ def test_info_is_fast_and_clean():
     start = time.perf_counter()
     out = run("info")
     assert out.returncode == 0, out.stderr
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 20.0  # a hang, not a slow machine (comparisons/startup)
     assert "reference" in out.stdout and "julia" in out.stdout and "Traceback" not in out.stdout + out.stderr
 
 
