@@ -499,8 +499,8 @@ def cmd_compare(args) -> int:
     finally:
         if store is not None:
             store.close()
-    explicit = explicit_backends or not defaults
-    if explicit and all(r.status in ("unsupported", "unavailable") for r in records):
+    # every cell unsupported or unavailable (e.g. --device cuda without a GPU): the reasons, exit 2, no empty table
+    if records and all(r.status in ("unsupported", "unavailable") for r in records):
         by_reason: dict[str, list[str]] = {}
         for r in records:
             by_reason.setdefault(r.message, []).append(f"{r.backend}/{r.solver}/{r.sensitivity}")

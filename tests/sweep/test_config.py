@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -272,3 +273,18 @@ def test_batch_steps_expands_and_keeps_shared_keys():
         cells({**base, "batch_steps": ["each"]})
     with pytest.raises(InvalidInputError, match="batch_steps"):
         cells({**{k: v for k, v in base.items() if k != "rtol"}, "dt": [0.1], "batch_steps": "per_sample"})
+
+
+def test_expansion_in_the_sweep_process_is_time_limited(tmp_path):
+    """A config that is legal but slow to expand (96,000 cells, seconds of work) stops at ``load_config``'s time limit
+    with one line naming the file: parsing runs in the sweep process, outside every cell's timeout."""
+    path = tmp_path / "big.toml"
+    path.write_text('problems = ["exponential_decay", "linear", "lotka_volterra", "van_der_pol"]\n'
+                    'backends = ["torch", "jax"]\nsolvers = ["dopri5", "tsit5", "bosh3"]\n'
+                    'sensitivities = ["direct", "backsolve"]\nrtol = [1e-3, 1e-4, 1e-5, 1e-6, 1e-7]\n'
+                    'replicates = 400\n')
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError, match=r"reading and expanding sweep config .*big\.toml.* took longer than "
+                                                r"0\.2 s"):
+        load_config(path, timeout=0.2)
+    assert time.perf_counter() - start < 5.0

@@ -276,7 +276,7 @@ def integrate_rk(f, tab, y0: torch.Tensor, t0: float, t1: float, t_save, step: A
 
     **Raises:** :class:`SolverFailure` (``max_steps``, ``step_size_too_small``, ``diverged``) naming the sample.
     """
-    from ._control import min_step_size
+    from ..._stepping import min_step_size
     from ._rk import rk_step
 
     if tab.b_err is None:
