@@ -103,7 +103,6 @@ class JaxTrainer:
             raise RuntimeError("this trainer was built without an optimizer")
         y0, data = self._batch(rows)
         prep = self._prep
-        prep._check_grid()
         try:
             p, state, packed = self._step(self._p, self._state, y0, data)
             out = np.asarray(packed)
@@ -133,7 +132,6 @@ class JaxTrainer:
 
     def solve(self, params) -> np.ndarray:
         prep = self._prep
-        prep._check_grid()
         p = jax.device_put(jnp.asarray(np.asarray(params, dtype=np.float64), prep.dtype), prep.device)
         ys, info = self._solve(self._y0_all, p)
         info = np.asarray(info)
