@@ -5,10 +5,11 @@ Used by ``crossode train`` (:mod:`crossode.train`) and by the Taylor test of ``c
 rebuilding the cell).
 
 A backend package that can train exposes a public ``make_trainer`` function (``crossode.backends.torch.make_trainer``,
-``crossode.backends.jax.make_trainer``; a plugin backend: in the module of its entry point) with the signature of
-:func:`make_trainer` below minus ``backend``. The trainer it returns owns the parameters (initialised from
-``problem.params``, so every run of a study starts from the same point) and the framework's own optimizer
-(``torch.optim.Adam``, ``optax.adam``) with the :class:`Adam` settings passed explicitly, and implements
+``crossode.backends.jax.make_trainer``, ``crossode.backends.julia.make_trainer``; a plugin backend: in the module of
+its entry point) with the signature of :func:`make_trainer` below minus ``backend``. The trainer it returns owns the
+parameters (initialised from ``problem.params``, so every run of a study starts from the same point) and the
+framework's own optimizer (``torch.optim.Adam``, ``optax.adam``, Optimisers.jl's ``Adam``) with the :class:`Adam`
+settings passed explicitly, and implements
 :class:`Trainer`. Nothing here imports a framework.
 """
 
@@ -35,7 +36,8 @@ class Adam:
     ``lr``: learning rate; ``b1``, ``b2``: decay rates of the first and second moment estimates; ``eps``: added to
     the square root of the bias-corrected second moment. The defaults are ``torch.optim.Adam``'s and ``optax.adam``'s
     (identical: 0.9, 0.999, 1e-8, no ``eps`` inside the square root, no weight decay), with Onken & Ruthotto's
-    learning rate 0.1 left to the config.
+    learning rate 0.1 left to the config. Optimisers.jl's ``Adam(eta, beta, epsilon)`` has the same defaults and
+    the same rule (``src/rules.jl``: ``eps`` outside the square root).
     """
 
     lr: float = 1e-3
@@ -129,7 +131,7 @@ def trainer_factory(backend: str):
     factory = getattr(module, "make_trainer", None)
     if factory is None:
         raise UnsupportedError(f"the {backend!r} backend has no training support (its package "
-                               f"{module.__name__!r} defines no make_trainer); training runs use torch or jax.")
+                               f"{module.__name__!r} defines no make_trainer); training runs use torch, jax or julia.")
     return factory
 
 

@@ -64,10 +64,12 @@ using SciMLSensitivity: SciMLSensitivity, BacksolveAdjoint, EnzymeVJP, ForwardDi
 using ADTypes: AutoFiniteDiff
 using ChainRulesCore: ignore_derivatives
 import NaNMath
+import Optimisers
 import Zygote
 
 export Cell, Counted, CrossODEController, build, gradient_cell, solve_cell, cell_info, status_of, make_alg,
-    make_sensealg, make_vjp, resolve_vjp, vjp_name, load_rhs, primal_norm, nonfinite_state, versions, warmup
+    make_sensealg, make_vjp, resolve_vjp, vjp_name, load_rhs, primal_norm, nonfinite_state, versions, warmup,
+    Training, make_training, train_step!, training_params
 
 const CUDA_PKGID = Base.PkgId(Base.UUID("052768ef-5323-5732-b1bb-66c8b64840ba"), "CUDA")
 
@@ -561,18 +563,20 @@ _host(x, n::Integer) = Vector{Float64}(Array(vec(x)))
 _seconds(a, b) = (b - a) / 1.0e9
 
 """
-    gradient_cell(cell) -> NamedTuple
+    gradient_cell(cell[, p]) -> NamedTuple
 
-Loss and gradients with the cell's sensealg. Fields: `status`, `retcode`, `loss`, `du0`, `dp` (host
+Loss and gradients with the cell's sensealg, at the cell's parameters or at `p` (any vector of the same length,
+copied to the parameters' element type and device). Fields: `status`, `retcode`, `loss`, `du0`, `dp` (host
 `Vector{Float64}`, zeros when the solve failed), `nf`, `naccept`, `nreject` (forward `sol.stats`, -1 if absent),
 `calls_forward`, `calls_backward` (counted RHS calls), `time_forward_s`, `time_total_s`.
 """
-gradient_cell(cell::Cell) = Base.invokelatest(_gradient, cell)
+gradient_cell(cell::Cell) = Base.invokelatest(_gradient, cell, cell.prob.p)
+gradient_cell(cell::Cell, p) = Base.invokelatest(_gradient, cell, _like(cell.prob.p, p))
 
-function _gradient(cell::Cell)
+function _gradient(cell::Cell, p)
     prob, alg, sensealg, kwargs = cell.prob, cell.alg, cell.sensealg, cell.kwargs
     weights = cell.weights
-    u0, p = prob.u0, prob.p
+    u0 = prob.u0
     calls0 = cell.calls[]
     start = time_ns()
     lossfun = (u0_, p_) -> _loss_and_solution(prob, alg, sensealg, kwargs, weights, u0_, p_)
@@ -585,7 +589,7 @@ function _gradient(cell::Cell)
         # (`src/concrete_solve.jl`), and interpolating a solution that stopped early (MaxIters, DtLessThanMin)
         # past its last time throws. Re-solve without the sensealg: a failed return code is the status (the
         # re-solve's time is part of this call); if that solve succeeds, the error is genuine and propagates.
-        fsol = solve(prob, alg; kwargs...)
+        fsol = _solve_at(prob, alg, kwargs, p)
         status_of(fsol.retcode) == "ok" && rethrow()
         return _failed_gradient(fsol, cell, calls0, start)
     end
@@ -607,6 +611,15 @@ function _gradient(cell::Cell)
         time_forward_s = _seconds(start, forward_done), time_total_s = _seconds(start, stop))
 end
 
+# `p` (any vector, e.g. a NumPy array through juliacall) as an array like the cell's parameters `q`
+function _like(q::AbstractVector, p)
+    length(p) == length(q) || throw(DimensionMismatch("p must have $(length(q)) entries; got $(length(p))"))
+    return copyto!(similar(q), Vector{eltype(q)}(collect(p)))
+end
+
+# A forward solve at `p`; the cell's own parameters solve the problem as built (no `remake`).
+_solve_at(prob, alg, kwargs, p) = p === prob.p ? solve(prob, alg; kwargs...) : solve(prob, alg; p = p, kwargs...)
+
 function _failed_gradient(sol, cell::Cell, calls0::Integer, start)
     stop = time_ns()
     st = _stats(sol)
@@ -618,17 +631,20 @@ function _failed_gradient(sol, cell::Cell, calls0::Integer, start)
 end
 
 """
-    solve_cell(cell) -> NamedTuple
+    solve_cell(cell[, p]) -> NamedTuple
 
-Forward solve only. Fields: `status`, `retcode`, `ys` (`(n_state, n_save)` host `Matrix{Float64}`; zero columns
-when the solve failed), `t`, `nf`, `naccept`, `nreject`, `calls`, `time_s`.
+Forward solve only, at the cell's parameters or at `p` (any vector of the same length, copied to the
+parameters' element type and device). Fields: `status`,
+`retcode`, `ys` (`(n_state, n_save)` host `Matrix{Float64}`; zero columns when the solve failed), `t`, `nf`,
+`naccept`, `nreject`, `calls`, `time_s`.
 """
-solve_cell(cell::Cell) = Base.invokelatest(_solve, cell)
+solve_cell(cell::Cell) = Base.invokelatest(_solve, cell, cell.prob.p)
+solve_cell(cell::Cell, p) = Base.invokelatest(_solve, cell, _like(cell.prob.p, p))
 
-function _solve(cell::Cell)
+function _solve(cell::Cell, p)
     calls0 = cell.calls[]
     start = time_ns()
-    sol = solve(cell.prob, cell.alg; cell.kwargs...)
+    sol = _solve_at(cell.prob, cell.alg, cell.kwargs, p)
     stop = time_ns()
     status = status_of(sol.retcode)
     saved = _saved_all(sol.t, cell.kwargs.saveat)
@@ -641,6 +657,72 @@ function _solve(cell::Cell)
         time_s = _seconds(start, stop))
 end
 
+# ------------------------------------------------------------------------------------------ training
+
+"""
+    Training
+
+The state of one training run on a cell (`make_training`): the cell, the current parameters `p` (the cell's
+element type and device) and the Optimisers.jl state tree of `Optimisers.Adam`.
+"""
+mutable struct Training{C <: Cell, P, S}
+    cell::C
+    p::P
+    state::S
+end
+
+"""
+    make_training(cell; lr, b1, b2, eps) -> Training
+
+A training run starting from the cell's parameters (a copy: `cell.prob.p` is never changed) with
+`Optimisers.setup(Optimisers.Adam(lr, (b1, b2), eps), p)`; every hyperparameter is passed explicitly (crossode's
+`Adam` settings, the same for `torch.optim.Adam` and `optax.adam`).
+
+Optimisers.jl's `Adam` (`src/rules.jl`, `apply!`) updates `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2` and
+subtracts `lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`: `eps` outside the square root of the
+bias-corrected second moment, as `torch.optim.Adam` and `optax.adam(eps_root = 0)`; it computes in the parameters'
+element type (`eps` converted to it) and orders the operations differently, so results agree to round-off only.
+"""
+function make_training(cell::Cell; lr::Real, b1::Real, b2::Real, eps::Real)
+    cell.prob.p isa SciMLBase.NullParameters &&
+        throw(ArgumentError("training needs parameters; this cell has none"))
+    p = copy(cell.prob.p)
+    rule = Optimisers.Adam(Float64(lr), (Float64(b1), Float64(b2)), Float64(eps))
+    return Training(cell, p, Optimisers.setup(rule, p))
+end
+
+"""
+    train_step!(tr) -> NamedTuple
+
+One optimizer step: `gradient_cell(tr.cell, tr.p)`, then, only when its `status` is `"ok"` and the loss and `dp`
+are finite, `Optimisers.update!(tr.state, tr.p, dp)`. A failed or non-finite gradient leaves parameters and
+optimizer state unchanged and sets `status` (`"diverged"` for a non-finite `dp`). Fields: those of
+`gradient_cell` (loss and `dp` at the parameters *before* the update) plus `grad_norm` (L2 norm of `dp`,
+`NaN` when no gradient was computed) and `updated`.
+"""
+train_step!(tr::Training) = Base.invokelatest(_train_step!, tr)
+
+function _train_step!(tr::Training)
+    res = _gradient(tr.cell, tr.p)
+    status = res.status
+    grad_norm = status == "ok" ? sqrt(sum(abs2, res.dp)) : NaN
+    status == "ok" && !(isfinite(res.loss) && isfinite(grad_norm)) && (status = "diverged")
+    updated = false
+    if status == "ok"
+        g = copyto!(similar(tr.p), res.dp)  # the parameters' element type and device
+        tr.state, tr.p = Optimisers.update!(tr.state, tr.p, g)
+        updated = true
+    end
+    return merge(res, (; status, grad_norm, updated))
+end
+
+"""
+    training_params(tr) -> Vector{Float64}
+
+The current parameters of a training run, on the host.
+"""
+training_params(tr::Training) = Vector{Float64}(Array(tr.p))
+
 """
     versions() -> Dict{String, String}
 
@@ -650,7 +732,8 @@ function versions()
     mods = ("SciMLBase" => SciMLBase, "SciMLSensitivity" => SciMLSensitivity,
         "OrdinaryDiffEqCore" => OrdinaryDiffEqCore, "OrdinaryDiffEqTsit5" => parentmodule(Tsit5),
         "OrdinaryDiffEqLowOrderRK" => parentmodule(RK4), "OrdinaryDiffEqHighOrderRK" => parentmodule(DP8),
-        "OrdinaryDiffEqSDIRK" => parentmodule(Kvaerno5), "Zygote" => Zygote, "NaNMath" => NaNMath)
+        "OrdinaryDiffEqSDIRK" => parentmodule(Kvaerno5), "Zygote" => Zygote, "NaNMath" => NaNMath,
+        "Optimisers" => Optimisers)
     out = Dict{String, String}("julia" => string(VERSION))
     for (name, mod) in mods
         v = pkgversion(mod)

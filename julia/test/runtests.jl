@@ -6,7 +6,7 @@
 # (ForwardDiff is a test-only dependency, so run through Pkg.test, which builds the test environment.)
 #
 # Groups: units, fields, steps, statuses, vjp_auto, linear, mlp, vjp, noparams, backward, weights, batch, cnf,
-# float32, nan_guard, known_limits. The gradient groups compile one adjoint per (solver, sensealg, field form, precision):
+# float32, nan_guard, training, known_limits. The gradient groups compile one adjoint per (solver, sensealg, field form, precision):
 # the whole file takes tens of minutes on a first run.
 #
 # Most cases come from fixtures.jl, written by tests/backends/julia/julia_fixtures.py: the exact `build` keywords
@@ -260,6 +260,50 @@ end
             @test size(s.ys) == (length(ref.du0), length(case.build.saveat))
             W = on_host(cell.weights)
             @test loss_of(s.ys, W) ≈ res.loss rtol = (f32 ? 1.0e-5 : 1.0e-9)
+        end
+    end
+
+    if want("training")
+        # CrossODE.make_training / train_step! (crossode/backends/julia/_train.py): Optimisers.jl's Adam against
+        # Adam written out here, on the gradients of the cell's own gradient path at the hand-computed parameters
+        @testset "training: Optimisers.Adam steps equal a hand-computed Adam sequence" begin
+            case = first(c for c in GRADIENT_CASES if c.group == "linear" && c.step == "fixed" &&
+                c.sensitivity == "direct" && c.build.alg == "RK4" && c.dtype == "float64")
+            cell = build(; case.build...)
+            lr, b1, b2, eps = 0.05, 0.9, 0.999, 1.0e-8
+            tr = make_training(cell; lr, b1, b2, eps)
+            p0 = training_params(tr)
+            @test p0 == Vector{Float64}(cell.prob.p)
+            p, m, v = copy(p0), zero(p0), zero(p0)
+            for t in 1:4
+                g = gradient_cell(cell, p)
+                @test g.status == "ok"
+                res = train_step!(tr)
+                @test res.status == "ok" && res.updated
+                @test res.loss ≈ g.loss rtol = 1.0e-10  # loss and gradient at the parameters before the update
+                @test res.grad_norm ≈ sqrt(sum(abs2, g.dp)) rtol = 1.0e-10
+                m = b1 .* m .+ (1 - b1) .* g.dp
+                v = b2 .* v .+ (1 - b2) .* g.dp .^ 2
+                p = p .- lr .* (m ./ (1 - b1^t)) ./ (sqrt.(v ./ (1 - b2^t)) .+ eps)  # eps outside the sqrt
+                # round-off only: Optimisers.jl multiplies up b^t and orders the operations differently
+                @test training_params(tr) ≈ p rtol = 1.0e-10 atol = 1.0e-14
+                # first step: m_hat / sqrt(v_hat) = g / |g|, every parameter moves by lr against its gradient's sign
+                t == 1 && @test p ≈ p0 .- lr .* g.dp ./ (abs.(g.dp) .+ eps) rtol = 1.0e-12
+            end
+            @test Vector{Float64}(cell.prob.p) == p0  # the cell's own parameters are never changed
+            s = solve_cell(cell, p)
+            @test s.status == "ok"
+            @test loss_of(s.ys, on_host(cell.weights)) ≈ gradient_cell(cell, p).loss rtol = 1.0e-12
+            @test_throws DimensionMismatch solve_cell(cell, p[1:(end - 1)])
+        end
+
+        @testset "training: a failed gradient is a status and leaves the parameters unchanged ($(case.name))" for
+                case in filter(c -> !isempty(c.build.p), STATUS_CASES)
+            cell = build(; case.build...)
+            tr = make_training(cell; lr = 0.1, b1 = 0.9, b2 = 0.999, eps = 1.0e-8)
+            res = train_step!(tr)
+            @test res.status == case.status && !res.updated && isnan(res.grad_norm)
+            @test training_params(tr) == Vector{Float64}(cell.prob.p)
         end
     end
 

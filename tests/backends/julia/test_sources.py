@@ -1,8 +1,8 @@
 """Static checks of the Julia backend's Julia code, without Julia.
 
 - every ``.jl`` file under ``julia/`` and the generated source of every zoo problem parse with tree-sitter-julia;
-- every name taken from OrdinaryDiffEq (and subpackages), SciMLSensitivity, SciMLBase, Zygote, ForwardDiff and
-  ReverseDiff exists in the name lists of ``tests/data/julia-api`` (exported or public);
+- every name taken from OrdinaryDiffEq (and subpackages), SciMLSensitivity, SciMLBase, Zygote, ForwardDiff,
+  ReverseDiff and Optimisers exists in the name lists of ``tests/data/julia-api`` (exported or public);
 - ``sensealg`` constructor keywords, ``sol.stats.<f>``, ``ReturnCode.<v>`` and solver names are valid, and every
   solver's OrdinaryDiffEq v7 subpackage is imported;
 - the uuids in ``crossode/juliapkg.json`` and ``julia/Project.toml`` match the lists, and both declare the same deps;
@@ -37,7 +37,7 @@ LISTED = (
     "SciMLSensitivity", "SciMLBase", "Zygote", "ForwardDiff", "ReverseDiff", "OrdinaryDiffEq",
     "OrdinaryDiffEqCore", "OrdinaryDiffEqDefault", "OrdinaryDiffEqTsit5", "OrdinaryDiffEqVerner",
     "OrdinaryDiffEqLowOrderRK", "OrdinaryDiffEqHighOrderRK", "OrdinaryDiffEqRosenbrock", "OrdinaryDiffEqSDIRK",
-    "OrdinaryDiffEqBDF",
+    "OrdinaryDiffEqBDF", "Optimisers",
 )
 """Packages with name lists in tests/data/julia-api."""
 
@@ -699,3 +699,22 @@ def test_forward_and_zero_parameters_in_julia():
     assert "return SciMLBase.NullParameters()" in _function_body("_parameters")
     norm = src[src.index("function primal_norm(") :].split("\nprimal_norm(u::Number", 1)[0]
     assert "SciMLBase.value(x)" in norm
+
+
+def test_training_uses_optimisers_adam_through_its_public_api():
+    chains = {tuple(c[:2]) for c in field_chains(src_text()) if c[0] == "Optimisers"}
+    assert {("Optimisers", "Adam"), ("Optimisers", "setup"), ("Optimisers", "update!")} <= chains
+    q = qualified("Optimisers")
+    assert {"exported"} <= q["Adam"] and {"public"} <= q["setup"] and {"public"} <= q["update!"]
+    # every hyperparameter is passed explicitly, positionally: Adam(eta, beta, epsilon) (src/rules.jl, @def struct)
+    body = _function_body("make_training")
+    assert re.search(r"Optimisers\.Adam\(Float64\(lr\), \(Float64\(b1\), Float64\(b2\)\), Float64\(eps\)\)", body)
+    bad = "module B\nimport Optimisers\na = Optimisers.updat!(s, p, g)\nb = Optimisers.Leaf(1)\nend\n"
+    errs = "\n".join(name_problems("bad", bad))
+    assert "Optimisers has no updat!" in errs and "Optimisers.Leaf is neither exported nor public" in errs
+
+
+def test_train_step_result_has_the_gradient_fields():
+    body = _function_body("_train_step!")
+    assert "_gradient(tr.cell, tr.p)" in body and "merge(res, (; status, grad_norm, updated))" in body
+    assert re.search(r'if status == "ok"\n\s+g = .*\n\s+tr\.state, tr\.p = Optimisers\.update!', body), body
