@@ -276,6 +276,7 @@ class DaskExecutor(Executor):
                                          key=key, resources=need or None, pure=False)
         yield from ready
         attempts: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+        resubmitted: dict[str, bool] = {}
         ac = distributed.as_completed(list(futures.values()))
         pending = set(futures)
         try:
@@ -307,6 +308,19 @@ class DaskExecutor(Executor):
                     drain_stream()
                     pending.discard(key)
                     cell = cell_of[key]
+                    if fut.status in ("lost", "cancelled") and not resubmitted.get(cell.key) and \
+                            len(attempts[key]) < MAX_ATTEMPTS:
+                        # the scheduler lost the task with the workers another cell took down: submit it once more
+                        # (same attempt history, so MAX_ATTEMPTS still bounds how often the cell runs)
+                        resubmitted[cell.key] = True
+                        again = f"{key}-again"
+                        cell_of[again], attempts[again] = cell, attempts[key]
+                        futures[again] = client.submit(run_cell_task, cell.to_json(), self.start, self.runner,
+                                                       stream_topic, key=again, resources=dict(cell.resources) or None,
+                                                       pure=False)
+                        pending.add(again)
+                        ac.add(futures[again])
+                        continue
                     if on_output is not None and fut.status == "finished":
                         data = fut.result() or {}
                         attempt = data.get("_stream_attempt")
