@@ -303,6 +303,28 @@ class SweepConfig:
     ``address`` or ``workers``."""
 
 
+def _combos(pairs, steps: list[dict], explicit: bool, dropped: list[str]) -> list[tuple]:
+    """``(solver, sensitivity, step)`` for every pair and every step control it can use. A product (``explicit``
+    false) drops what does not combine, with the reason appended to ``dropped``; explicit ``runs`` raise instead."""
+    combos = []
+    for solver, sens in pairs:
+        if not explicit:
+            try:
+                check_pair(solver, sens)
+            except UnsupportedError as e:
+                dropped.append(f"{solver.name}+{sens.name}: {e}")
+                continue
+        usable = [s for s in steps if s["kind"] == "fixed" or solver.adaptive]
+        if not usable:
+            msg = f"solver {solver.name!r} has no error estimate: give `dt` (fixed steps) for it"
+            if explicit:
+                raise InvalidInputError(msg + ".")
+            dropped.append(f"{solver.name}+{sens.name}: {msg}")
+            continue
+        combos += [(solver, sens, s) for s in usable]
+    return combos
+
+
 def load_config(path: str | os.PathLike, *, max_cells: int | None = None,
                 timeout: float | None = PARSE_SECONDS) -> SweepConfig:
     """Read and validate a sweep TOML file; raises :class:`InvalidInputError` naming the file and the bad key.
@@ -626,22 +648,7 @@ def _plan(g: dict, base_dir: str, sweep_name: str, dropped: list[str], budget: l
     tags = {**tags, "sweep": sweep_name}
     resources = _resources(g)
 
-    combos = []
-    for solver, sens in pairs:
-        if not explicit:
-            try:
-                check_pair(solver, sens)
-            except UnsupportedError as e:
-                dropped.append(f"{solver.name}+{sens.name}: {e}")
-                continue
-        usable = [s for s in steps if s["kind"] == "fixed" or solver.adaptive]
-        if not usable:
-            msg = f"solver {solver.name!r} has no error estimate: give `dt` (fixed steps) for it"
-            if explicit:
-                raise InvalidInputError(msg + ".")
-            dropped.append(f"{solver.name}+{sens.name}: {msg}")
-            continue
-        combos += [(solver, sens, s) for s in usable]
+    combos = _combos(pairs, steps, explicit, dropped)
 
     count = len(problems) * len(backends) * len(combos) * len(devices) * len(dtypes) * replicates
     if count > budget[0]:

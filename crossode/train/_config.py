@@ -53,13 +53,12 @@ import json
 import math
 import os
 
-from .._errors import InvalidInputError, UnsupportedError
+from .._errors import InvalidInputError
 from .._harness import DTYPES
 from .._limits import PARSE_SECONDS, time_limit
 from .._problemfile import read_toml
 from .._registry import BACKENDS
-from .._sensitivity import check_pair
-from ..sweep._config import (DEFAULT_TIMEOUT, Cell, _canon, _executor, _list, _methods, _numbers, _posint,
+from ..sweep._config import (DEFAULT_TIMEOUT, Cell, _canon, _combos, _executor, _list, _methods, _numbers, _posint,
                              _resources, _steps, _str, cell_resources)
 from .._training import Adam
 from ._workloads import build_workload
@@ -260,22 +259,7 @@ def _run_cells(g: dict, spec: dict, workload, fingerprint: str, base_tags: dict,
     if not isinstance(tags, dict):
         raise InvalidInputError(f"`tags` must be a table; got {tags!r}.")
     resources = _resources(g)
-    combos = []
-    for solver, sens in pairs:
-        if not explicit:
-            try:
-                check_pair(solver, sens)
-            except UnsupportedError as e:
-                dropped.append(f"{solver.name}+{sens.name}: {e}")
-                continue
-        usable = [s for s in steps if s["kind"] == "fixed" or solver.adaptive]
-        if not usable:
-            msg = f"solver {solver.name!r} has no error estimate: give `dt` (fixed steps) for it"
-            if explicit:
-                raise InvalidInputError(msg + ".")
-            dropped.append(f"{solver.name}+{sens.name}: {msg}")
-            continue
-        combos += [(solver, sens, s) for s in usable]
+    combos = _combos(pairs, steps, explicit, dropped)
     count = len(backends) * len(combos) * len(devices) * len(dtypes)
     if count > budget:
         raise InvalidInputError(f"the config expands to more runs than allowed ({count} here, {budget} left); raise "
