@@ -35,7 +35,7 @@ from ._registry import get_backend
 from ._sensitivity import AbstractSensitivity, Direct, check_pair
 from ._solvers import AbstractSolver, AbstractStepControl, Adaptive, Dopri5, Fixed
 
-__all__ = ["solve", "gradient", "measure", "peak_rss_delta", "loss_function", "taylor_metric"]
+__all__ = ["solve", "gradient", "measure", "peak_rss_delta", "PeakRSS", "loss_function", "taylor_metric"]
 
 DTYPES = ("float64", "float32")
 
@@ -110,22 +110,35 @@ _RSS_MEASURED = False
 """Whether a cell of this process already had its CPU peak RSS measured (later deltas share its heap)."""
 
 
+class PeakRSS:
+    """The process's peak resident set since :meth:`start`, above the resident set then (Linux procfs ``VmHWM``
+    after resetting it through ``clear_refs``); :meth:`peak` is ``None`` where procfs or ``clear_refs`` is
+    unavailable."""
+
+    def start(self) -> None:
+        gc.collect()
+        self.base = _read_status_kb("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset VmHWM to the current RSS
+            self.ok = self.base is not None
+        except OSError:
+            self.ok = False
+
+    def peak(self) -> int | None:
+        hwm = _read_status_kb("VmHWM") if self.ok else None
+        return None if hwm is None else max(0, (hwm - self.base) * 1024)
+
+
 def peak_rss_delta(fn):
     """Run ``fn()`` and return ``(result, bytes)``: peak RSS during the call above the RSS before it (Linux).
 
     Returns ``bytes=None`` where procfs or ``clear_refs`` is unavailable.
     """
-    gc.collect()
-    base = _read_status_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset VmHWM to the current RSS
-        ok = base is not None
-    except OSError:
-        ok = False
+    rss = PeakRSS()
+    rss.start()
     result = fn()
-    hwm = _read_status_kb("VmHWM") if ok else None
-    return result, (max(0, (hwm - base) * 1024) if hwm is not None else None)
+    return result, rss.peak()
 
 
 def _timed(fn, sync):

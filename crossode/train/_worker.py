@@ -12,7 +12,6 @@ sees the same sequence; the initial parameters are the workload problem's (the M
 
 from __future__ import annotations
 
-import gc
 import os
 import resource
 import statistics
@@ -23,6 +22,7 @@ import uuid
 import numpy as np
 
 from .._errors import BackendUnavailableError, UnsupportedError
+from .._harness import PeakRSS
 from .._record import Record, SolverFailure, one_line
 from ._records import COMMON, ITERATION, digest
 
@@ -39,35 +39,6 @@ def minibatches(seed: int, n_rows: int, batch_size: int | None, iterations: int)
         return [None] * iterations
     rng = np.random.default_rng(seed)
     return [np.sort(rng.choice(n_rows, size=batch_size, replace=False)) for _ in range(iterations)]
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class _RSS:
-    """The process's peak resident set since :meth:`start`, above the resident set then (Linux procfs)."""
-
-    def start(self):
-        gc.collect()
-        self.base = _status_kb("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self.ok = self.base is not None
-        except OSError:
-            self.ok = False
-
-    def peak(self) -> int | None:
-        hwm = _status_kb("VmHWM") if self.ok else None
-        return None if hwm is None else max(0, hwm - self.base) * 1024
 
 
 def _clean(x):
@@ -140,7 +111,7 @@ def run_training(data: dict) -> Record:
     metrics = workload.evaluate(init, method)
     send(iteration=0, loss=None, grad_norm=None, wall_s=0.0, time_s=None, status="ok", message="",
          eval={k: _clean(v) for k, v in metrics.items()})
-    rss = _RSS()
+    rss = PeakRSS()
     rss.start()
     wall, times, nfe_f, nfe_b, peak, kind = 0.0, [], [], [], 0, None
     last = None
