@@ -151,7 +151,9 @@ def test_tiny_torch_run_checks_every_gradient_and_writes_tables_and_figures(tmp_
         assert r["status"] == "ok", r
         assert r["grad_error"] < 1e-3 and r["reference"].startswith(("adjoint", "forward")), r
         assert r["time_min_s"] > 0 and r["n_times"] >= 2 and r["peak_bytes"] is not None
-    assert all("ratio_min" in e for e in data["ratios"])
+    # a peer not installed here (torchode, TorchDiffEqPack: the `bench` extra, not in CI) has no time to divide by
+    timed = [e for e in data["ratios"] if e["peer_status"] != "unavailable"]
+    assert {e["peer"] for e in timed} >= {"tdq-odeint"} and all("ratio_min" in e for e in timed)
     assert {t["method"] for t in data["targets"]["time"]} >= {"direct", "backsolve", "mali"}
     assert (tmp_path / "scan_batch_float32.png").stat().st_size > 10_000
     assert "## Time target" in (tmp_path / "results.md").read_text()
